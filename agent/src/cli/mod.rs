@@ -1,0 +1,15 @@
+//! Read-only commands on the pinned maps, one module per noun-verb. They work
+//! whether or not the agent runs: the maps are the truth.
+
+pub mod bpf_lb_list;
+pub mod service_list;
+pub mod status;
+
+use clap::ValueEnum;
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}

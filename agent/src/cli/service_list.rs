@@ -1,0 +1,115 @@
+//! `agent service list`: one line per frontend with its ID (the reverse-NAT
+//! index) and numbered backends, like `cilium service list`.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::maps::{lb4_backends, lb4_reverse_nat, lb4_services, LbMaps, MapsError};
+
+#[derive(Debug, Serialize)]
+pub struct Service {
+    pub id: u16,
+    pub frontend: String,
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    pub slot: u16,
+    pub id: u32,
+    pub address: String,
+    pub state: &'static str,
+}
+
+pub fn services(maps: &LbMaps) -> Result<Vec<Service>, MapsError> {
+    let backends: BTreeMap<u32, lash_common::Lb4Backend> =
+        maps.backend_entries()?.into_iter().collect();
+    let rev: BTreeMap<u16, (std::net::Ipv4Addr, u16)> = maps
+        .rev_nat_entries()?
+        .into_iter()
+        .map(|(k, v)| (lb4_reverse_nat::index_of(k), lb4_reverse_nat::addr_of(&v)))
+        .collect();
+    let mut by_fe: BTreeMap<crate::lb::L4Addr, Service> = BTreeMap::new();
+    let mut slots = Vec::new();
+    for (k, v) in maps.services_entries()? {
+        let Some(fe) = lb4_services::frontend_of(&k) else {
+            continue;
+        };
+        if k.backend_slot == 0 {
+            let id = lb4_services::rev_nat_of(&v);
+            // A frontend whose reverse-NAT entry disagrees is shown, marked.
+            let consistent = rev.get(&id) == Some(&(fe.ip, fe.port));
+            by_fe.insert(
+                fe,
+                Service {
+                    id,
+                    frontend: fe.to_string(),
+                    type_: if consistent {
+                        "ClusterIP"
+                    } else {
+                        "ClusterIP (revnat missing)"
+                    },
+                    backends: Vec::new(),
+                },
+            );
+        } else {
+            slots.push((fe, k.backend_slot, v.backend_id));
+        }
+    }
+    slots.sort();
+    for (fe, slot, id) in slots {
+        let Some(svc) = by_fe.get_mut(&fe) else {
+            continue;
+        };
+        let (address, state) = match backends.get(&id) {
+            Some(b) => (
+                lb4_backends::addr_of(b)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                lb4_backends::state_name(b.flags),
+            ),
+            None => (String::new(), "missing"),
+        };
+        svc.backends.push(Backend {
+            slot,
+            id,
+            address,
+            state,
+        });
+    }
+    let mut out: Vec<Service> = by_fe.into_values().collect();
+    out.sort_by_key(|s| s.id);
+    Ok(out)
+}
+
+pub fn table(services: &[Service]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<5}{:<24}{:<15}Backend",
+        "ID", "Frontend", "Service Type"
+    );
+    for s in services {
+        let mut first = true;
+        let lines: Vec<String> = if s.backends.is_empty() {
+            vec!["(none)".into()]
+        } else {
+            s.backends
+                .iter()
+                .map(|b| format!("{} => {} ({})", b.slot, b.address, b.state))
+                .collect()
+        };
+        for l in lines {
+            if first {
+                let _ = writeln!(out, "{:<5}{:<24}{:<15}{}", s.id, s.frontend, s.type_, l);
+                first = false;
+            } else {
+                let _ = writeln!(out, "{:<5}{:<24}{:<15}{}", "", "", "", l);
+            }
+        }
+    }
+    out
+}

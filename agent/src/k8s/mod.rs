@@ -1,0 +1,8 @@
+//! Everything that knows Kubernetes: reading Service and EndpointSlice objects
+//! (from a directory of manifests for now) and translating them into the
+//! load-balancing model of `lb`.
+//!
+//! Architecture invariant: this is the only module that imports k8s-openapi.
+
+pub mod manifests;
+pub mod translate;

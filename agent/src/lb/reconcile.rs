@@ -1,0 +1,550 @@
+//! Turns desired services into map writes, against what the maps already hold.
+//!
+//! Ordering is the point of this module. A connect() may run between any two
+//! writes, so every intermediate state must be a valid one:
+//! - a new or changed service: backends first, then its slots, then its
+//!   frontend (slot 0, which carries the count), then slots beyond the new count;
+//! - a removed service: frontend first, then its slots, then its reverse-NAT
+//!   entry; backends go last, once no slot names them.
+//!
+//! A backend keeps its slot while it stays in a service (see [`assign_slots`]), so
+//! UDP sockets that stuck to it keep it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lash_common::{Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
+use thiserror::Error;
+
+use super::{BackendState, DesiredService, L4Addr};
+use crate::maps::{lb4_backends, lb4_reverse_nat, lb4_services};
+
+/// A failed map write.
+#[derive(Debug, Error)]
+#[error("{op} in {map}: {source}")]
+pub struct MapWriteError {
+    pub map: &'static str,
+    pub op: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// How many entries each map can hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub services: usize,
+    pub backends: usize,
+    pub rev_nat: usize,
+}
+
+/// The writes the reconciler needs; implemented by the pinned maps and by a fake
+/// in tests.
+pub trait LbMapWriter {
+    fn put_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<(), MapWriteError>;
+    fn del_service(&mut self, key: &Lb4Key) -> Result<(), MapWriteError>;
+    fn put_backend(&mut self, id: u32, value: &Lb4Backend) -> Result<(), MapWriteError>;
+    fn del_backend(&mut self, id: u32) -> Result<(), MapWriteError>;
+    fn put_rev_nat(&mut self, index: u16, value: &Lb4ReverseNat) -> Result<(), MapWriteError>;
+    fn del_rev_nat(&mut self, index: u16) -> Result<(), MapWriteError>;
+    fn capacity(&self) -> Capacity;
+}
+
+/// What the maps hold, as the reconciler believes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Programmed {
+    pub backends: BTreeMap<L4Addr, ProgrammedBackend>,
+    pub services: BTreeMap<L4Addr, ProgrammedService>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgrammedBackend {
+    pub id: u32,
+    pub state: BackendState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammedService {
+    /// Host order; 0 when no reverse-NAT entry is known.
+    pub rev_nat: u16,
+    pub flags: u8,
+    /// Whether slot 0 exists. False for leftovers of an interrupted write.
+    pub has_frontend: bool,
+    /// slot (1..) -> backend id, every slot entry present in the map.
+    pub slots: BTreeMap<u16, u32>,
+}
+
+impl ProgrammedService {
+    fn slot_list(&self) -> Vec<u32> {
+        let count = self.slots.len() as u16;
+        (1..=count)
+            .map_while(|s| self.slots.get(&s).copied())
+            .collect()
+    }
+}
+
+impl Programmed {
+    /// Rebuilds the picture from map contents (agent start). Entries we cannot
+    /// read (foreign protocols, states we never write) are left alone.
+    pub fn from_entries(
+        services: impl IntoIterator<Item = (Lb4Key, Lb4Service)>,
+        backends: impl IntoIterator<Item = (u32, Lb4Backend)>,
+    ) -> Self {
+        let mut p = Programmed::default();
+        for (id, v) in backends {
+            if let (Some(addr), Some(state)) =
+                (lb4_backends::addr_of(&v), lb4_backends::state_of(&v))
+            {
+                p.backends.insert(addr, ProgrammedBackend { id, state });
+            }
+        }
+        for (k, v) in services {
+            let Some(fe) = lb4_services::frontend_of(&k) else {
+                continue;
+            };
+            let s = p.services.entry(fe).or_insert_with(|| ProgrammedService {
+                rev_nat: 0,
+                flags: 0,
+                has_frontend: false,
+                slots: BTreeMap::new(),
+            });
+            if k.backend_slot == 0 {
+                s.has_frontend = true;
+                s.rev_nat = lb4_services::rev_nat_of(&v);
+                s.flags = v.flags;
+            } else {
+                if s.rev_nat == 0 {
+                    s.rev_nat = lb4_services::rev_nat_of(&v);
+                }
+                s.slots.insert(k.backend_slot, v.backend_id);
+            }
+        }
+        p
+    }
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub services_written: usize,
+    pub services_removed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    /// One line per service that could not be programmed, naming it and why.
+    /// Such a service keeps what it had before.
+    pub errors: Vec<String>,
+}
+
+/// Owns the programmed picture and brings the maps to the desired state.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    programmed: Programmed,
+    next_backend_id: u32,
+    next_rev_nat: u16,
+}
+
+impl Reconciler {
+    pub fn new(programmed: Programmed) -> Self {
+        Reconciler {
+            programmed,
+            next_backend_id: 1,
+            next_rev_nat: 1,
+        }
+    }
+
+    pub fn programmed(&self) -> &Programmed {
+        &self.programmed
+    }
+
+    pub fn reconcile<M: LbMapWriter>(
+        &mut self,
+        desired: &[DesiredService],
+        maps: &mut M,
+    ) -> Report {
+        let mut report = Report::default();
+        let desired = self.admit(desired, maps.capacity(), &mut report);
+
+        // 1. Services no longer wanted: frontend, slots, reverse NAT.
+        let gone: Vec<L4Addr> = self
+            .programmed
+            .services
+            .keys()
+            .filter(|fe| !desired.contains_key(*fe))
+            .copied()
+            .collect();
+        for fe in gone {
+            match self.remove_service(&fe, maps) {
+                Ok(()) => report.services_removed += 1,
+                Err(e) => report.errors.push(format!("removing service {fe}: {e}")),
+            }
+        }
+
+        // 2. Backends the wanted services need, before any slot names them.
+        let mut wanted_backends: BTreeMap<L4Addr, BackendState> = BTreeMap::new();
+        for svc in desired.values() {
+            for (addr, state) in &svc.backends {
+                let e = wanted_backends.entry(*addr).or_insert(*state);
+                if *state == BackendState::Active {
+                    *e = BackendState::Active;
+                }
+            }
+        }
+        let mut failed_backends = BTreeSet::new();
+        for (addr, state) in &wanted_backends {
+            match self.put_backend(addr, *state, maps) {
+                Ok(true) => report.backends_added += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    report.errors.push(format!("backend {addr}: {e}"));
+                    failed_backends.insert(*addr);
+                }
+            }
+        }
+
+        // 3. Each service: slots, frontend, then excess slots.
+        for (fe, svc) in &desired {
+            if let Some(missing) = svc
+                .backends
+                .iter()
+                .find(|(a, _)| failed_backends.contains(a))
+            {
+                report.errors.push(format!(
+                    "service {} ({fe}): backend {} could not be written; kept as it was",
+                    svc.name, missing.0
+                ));
+                continue;
+            }
+            match self.write_service(svc, maps) {
+                Ok(true) => report.services_written += 1,
+                Ok(false) => {}
+                Err(e) => report
+                    .errors
+                    .push(format!("service {} ({fe}): {e}; kept as it was", svc.name)),
+            }
+        }
+
+        // 4. Backends no slot names any more.
+        let referenced: BTreeSet<u32> = self
+            .programmed
+            .services
+            .values()
+            .flat_map(|s| s.slots.values().copied())
+            .collect();
+        let unused: Vec<(L4Addr, u32)> = self
+            .programmed
+            .backends
+            .iter()
+            .filter(|(_, b)| !referenced.contains(&b.id))
+            .map(|(a, b)| (*a, b.id))
+            .collect();
+        for (addr, id) in unused {
+            match maps.del_backend(id) {
+                Ok(()) => {
+                    self.programmed.backends.remove(&addr);
+                    report.backends_removed += 1;
+                }
+                Err(e) => report.errors.push(format!("removing backend {addr}: {e}")),
+            }
+        }
+        report
+    }
+
+    /// Drops desired services that clash or do not fit, with an error each. A
+    /// dropped service that is already programmed stays as it is.
+    fn admit(
+        &self,
+        desired: &[DesiredService],
+        cap: Capacity,
+        report: &mut Report,
+    ) -> BTreeMap<L4Addr, DesiredService> {
+        let mut sorted: Vec<&DesiredService> = desired.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name).then(a.frontend.cmp(&b.frontend)));
+
+        let mut out: BTreeMap<L4Addr, DesiredService> = BTreeMap::new();
+        let mut service_entries = 0usize;
+        let mut backends: BTreeSet<L4Addr> = BTreeSet::new();
+        for svc in sorted {
+            if let Some(other) = out.get(&svc.frontend) {
+                report.errors.push(format!(
+                    "service {}: frontend {} is already taken by {}; ignored",
+                    svc.name, svc.frontend, other.name
+                ));
+                continue;
+            }
+            let mut uniq = BTreeSet::new();
+            let backends_list: Vec<(L4Addr, BackendState)> = svc
+                .backends
+                .iter()
+                .filter(|(a, _)| uniq.insert(*a))
+                .copied()
+                .collect();
+            let need_entries = 1 + backends_list.len();
+            let new_backends = uniq.difference(&backends).count();
+            if backends_list.len() > u16::MAX as usize {
+                report.errors.push(format!(
+                    "service {} ({}): {} backends, at most {} fit a service",
+                    svc.name,
+                    svc.frontend,
+                    backends_list.len(),
+                    u16::MAX
+                ));
+            } else if service_entries + need_entries > cap.services
+                || backends.len() + new_backends > cap.backends
+                || out.len() + 1 > cap.rev_nat.min(u16::MAX as usize)
+            {
+                report.errors.push(format!(
+                    "service {} ({}): maps full (lb4_services needs {} more of {} entries, \
+                     lb4_backends {} more of {}); not programmed",
+                    svc.name, svc.frontend, need_entries, cap.services, new_backends, cap.backends
+                ));
+            } else {
+                service_entries += need_entries;
+                backends.extend(uniq);
+                out.insert(
+                    svc.frontend,
+                    DesiredService {
+                        backends: backends_list,
+                        ..svc.clone()
+                    },
+                );
+                continue;
+            }
+            // Not admitted: keep what is programmed for it, if anything.
+            if self.programmed.services.contains_key(&svc.frontend) {
+                if let Some(keep) = self.as_desired(&svc.frontend, &svc.name) {
+                    out.insert(svc.frontend, keep);
+                }
+            }
+        }
+        out
+    }
+
+    /// The programmed state of a service, expressed as a desired one.
+    fn as_desired(&self, fe: &L4Addr, name: &str) -> Option<DesiredService> {
+        let s = self.programmed.services.get(fe)?;
+        let by_id: BTreeMap<u32, (L4Addr, BackendState)> = self
+            .programmed
+            .backends
+            .iter()
+            .map(|(a, b)| (b.id, (*a, b.state)))
+            .collect();
+        Some(DesiredService {
+            name: name.to_string(),
+            frontend: *fe,
+            kind: Default::default(),
+            backends: s
+                .slot_list()
+                .iter()
+                .filter_map(|id| by_id.get(id).copied())
+                .collect(),
+        })
+    }
+
+    fn remove_service<M: LbMapWriter>(
+        &mut self,
+        fe: &L4Addr,
+        maps: &mut M,
+    ) -> Result<(), MapWriteError> {
+        let s = self
+            .programmed
+            .services
+            .get_mut(fe)
+            .expect("caller checked");
+        if s.has_frontend {
+            maps.del_service(&lb4_services::key(fe, 0))?;
+            s.has_frontend = false;
+        }
+        while let Some((&slot, _)) = s.slots.last_key_value() {
+            maps.del_service(&lb4_services::key(fe, slot))?;
+            s.slots.remove(&slot);
+        }
+        if s.rev_nat != 0 {
+            maps.del_rev_nat(s.rev_nat)?;
+        }
+        self.programmed.services.remove(fe);
+        Ok(())
+    }
+
+    /// Writes a backend if it is new or its state changed. Ok(true) if new.
+    fn put_backend<M: LbMapWriter>(
+        &mut self,
+        addr: &L4Addr,
+        state: BackendState,
+        maps: &mut M,
+    ) -> Result<bool, MapWriteError> {
+        if let Some(b) = self.programmed.backends.get_mut(addr) {
+            if b.state != state {
+                maps.put_backend(b.id, &lb4_backends::value(addr, state))?;
+                b.state = state;
+            }
+            return Ok(false);
+        }
+        let id = self.alloc_backend_id();
+        maps.put_backend(id, &lb4_backends::value(addr, state))?;
+        self.programmed
+            .backends
+            .insert(*addr, ProgrammedBackend { id, state });
+        Ok(true)
+    }
+
+    fn alloc_backend_id(&mut self) -> u32 {
+        let used: BTreeSet<u32> = self.programmed.backends.values().map(|b| b.id).collect();
+        let mut id = self.next_backend_id.max(1);
+        while used.contains(&id) {
+            id = id.checked_add(1).unwrap_or(1);
+        }
+        self.next_backend_id = id.wrapping_add(1);
+        id
+    }
+
+    fn alloc_rev_nat(&mut self) -> u16 {
+        let used: BTreeSet<u16> = self
+            .programmed
+            .services
+            .values()
+            .map(|s| s.rev_nat)
+            .collect();
+        let mut idx = self.next_rev_nat.max(1);
+        while used.contains(&idx) {
+            idx = idx.checked_add(1).unwrap_or(1);
+        }
+        self.next_rev_nat = idx.wrapping_add(1);
+        idx
+    }
+
+    /// Brings one service to its desired state. Ok(true) if anything was written.
+    fn write_service<M: LbMapWriter>(
+        &mut self,
+        svc: &DesiredService,
+        maps: &mut M,
+    ) -> Result<bool, MapWriteError> {
+        let fe = svc.frontend;
+        let ids: Vec<u32> = svc
+            .backends
+            .iter()
+            .map(|(a, _)| self.programmed.backends[a].id)
+            .collect();
+        let flags = svc.kind.flags();
+
+        let old = self
+            .programmed
+            .services
+            .get(&fe)
+            .cloned()
+            .unwrap_or(ProgrammedService {
+                rev_nat: 0,
+                flags: 0,
+                has_frontend: false,
+                slots: BTreeMap::new(),
+            });
+        let rev_nat = if old.rev_nat != 0 {
+            old.rev_nat
+        } else {
+            self.alloc_rev_nat()
+        };
+        let slots = assign_slots(&old.slot_list(), &ids);
+        let count = slots.len() as u16;
+        let unchanged = old.has_frontend
+            && old.rev_nat == rev_nat
+            && old.flags == flags
+            && old.slots.len() == slots.len()
+            && slots
+                .iter()
+                .enumerate()
+                .all(|(i, id)| old.slots.get(&(i as u16 + 1)) == Some(id));
+        if unchanged {
+            return Ok(false);
+        }
+
+        // `cur` follows every write that went through, so on failure the
+        // picture stays exact and the next reconcile finishes the job.
+        let mut cur = old.clone();
+        let mut frontend_written = false;
+        let result = (|| {
+            if cur.rev_nat != rev_nat {
+                maps.put_rev_nat(rev_nat, &lb4_reverse_nat::value(&fe))?;
+                cur.rev_nat = rev_nat;
+            }
+            for (i, id) in slots.iter().enumerate() {
+                let slot = i as u16 + 1;
+                if old.slots.get(&slot) != Some(id) || old.rev_nat != rev_nat {
+                    let v = lb4_services::slot_value(*id, rev_nat);
+                    maps.put_service(&lb4_services::key(&fe, slot), &v)?;
+                    cur.slots.insert(slot, *id);
+                }
+            }
+            let v = lb4_services::frontend_value(count, rev_nat, flags);
+            maps.put_service(&lb4_services::key(&fe, 0), &v)?;
+            cur.has_frontend = true;
+            cur.flags = flags;
+            frontend_written = true;
+            let excess: Vec<u16> = cur.slots.range(count + 1..).map(|(s, _)| *s).collect();
+            for slot in excess {
+                maps.del_service(&lb4_services::key(&fe, slot))?;
+                cur.slots.remove(&slot);
+            }
+            Ok(())
+        })();
+
+        if let Err(e) = result {
+            // Nothing became visible unless the frontend was written: take back
+            // slots past the old count and a reverse-NAT entry nobody uses.
+            if !frontend_written {
+                let old_count = old.slots.len() as u16;
+                let extra: Vec<u16> = cur.slots.range(old_count + 1..).map(|(s, _)| *s).collect();
+                for slot in extra {
+                    if maps.del_service(&lb4_services::key(&fe, slot)).is_ok() {
+                        cur.slots.remove(&slot);
+                    }
+                }
+                if !cur.has_frontend && cur.slots.is_empty() && old.rev_nat != rev_nat {
+                    if maps.del_rev_nat(rev_nat).is_ok() {
+                        cur.rev_nat = old.rev_nat;
+                    }
+                }
+            }
+            if cur.has_frontend || !cur.slots.is_empty() || cur.rev_nat != 0 {
+                self.programmed.services.insert(fe, cur);
+            } else {
+                self.programmed.services.remove(&fe);
+            }
+            return Err(e);
+        }
+        self.programmed.services.insert(fe, cur);
+        Ok(true)
+    }
+}
+
+/// Slot contents for a service whose backends become `new`, starting from `old`:
+/// a backend that stays keeps its slot, newcomers fill the holes first, and the
+/// last slots move into holes that remain, so the result is exactly `new`
+/// (deduplicated) in 1..=len.
+pub fn assign_slots(old: &[u32], new: &[u32]) -> Vec<u32> {
+    let mut seen = BTreeSet::new();
+    let new: Vec<u32> = new.iter().copied().filter(|id| seen.insert(*id)).collect();
+    let wanted: BTreeSet<u32> = new.iter().copied().collect();
+    let mut placed = BTreeSet::new();
+    let mut slots: Vec<Option<u32>> = old
+        .iter()
+        .map(|id| (wanted.contains(id) && placed.insert(*id)).then_some(*id))
+        .collect();
+    let mut newcomers = new.iter().copied().filter(|id| !placed.contains(id));
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        match newcomers.next() {
+            Some(id) => *s = Some(id),
+            None => break,
+        }
+    }
+    slots.extend(newcomers.map(Some));
+    // Fill remaining holes from the tail.
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i].is_none() {
+            match slots.pop() {
+                Some(Some(last)) => slots[i] = Some(last),
+                Some(None) => continue,
+                None => break,
+            }
+        }
+        i += 1;
+    }
+    slots.into_iter().flatten().collect()
+}

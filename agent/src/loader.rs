@@ -1,0 +1,255 @@
+//! Loads the kernel programs, creates or reuses the pinned maps, and attaches
+//! the socket programs to a cgroup through pinned links.
+//!
+//! Pinned links are what let the datapath outlive the agent: while the agent
+//! restarts, connects to a VIP are still translated from the maps as they were.
+//! A new agent attaches its programs next to the old ones, then retires the old
+//! links, so there is no moment with nothing attached.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr,
+    },
+    Ebpf, EbpfLoader,
+};
+use thiserror::Error;
+
+/// The object agent/build.rs compiled from ebpf/.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lash.bpf.o"));
+
+/// The socket programs, by the function names in ebpf/src/sock.rs, and the
+/// hook each is attached to.
+pub const SOCK_PROGRAMS: [(&str, &str); 4] = [
+    ("sock4_connect", "connect4"),
+    ("sock4_sendmsg", "sendmsg4"),
+    ("sock4_recvmsg", "recvmsg4"),
+    ("sock4_getpeername", "getpeername4"),
+];
+
+/// bpffs magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("{path} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or pick another --bpf-root")]
+    NotBpffs { path: PathBuf },
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mounting bpffs at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object (maps pinned under {root}): {source}")]
+    Load {
+        root: PathBuf,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning link of {name} at {path}: {source}")]
+    Pin {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Map sizes, for clusters bigger than the compiled-in defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub rev_nat: u32,
+    pub reverse_sk: u32,
+    pub affinity: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            services: lash_common::LB4_SERVICES_MAX,
+            backends: lash_common::LB4_BACKENDS_MAX,
+            rev_nat: lash_common::LB4_REVERSE_NAT_MAX,
+            reverse_sk: lash_common::LB4_REVERSE_SK_MAX,
+            affinity: lash_common::LB4_AFFINITY_MAX,
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid C string and st a properly sized out-parameter.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Makes sure `root` exists on a bpffs. Mounts /sys/fs/bpf if the root is below
+/// it and nothing is mounted there yet, as a node agent is expected to.
+pub fn prepare_bpf_root(root: &Path) -> Result<(), LoadError> {
+    let sys_bpf = Path::new("/sys/fs/bpf");
+    if root.starts_with(sys_bpf) && !is_bpffs(sys_bpf) {
+        let src = CString::new("bpf").expect("no NUL");
+        let target = CString::new("/sys/fs/bpf").expect("no NUL");
+        // SAFETY: valid C strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(LoadError::Mount {
+                path: sys_bpf.into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    fs::create_dir_all(root.join("links")).map_err(|source| LoadError::CreateDir {
+        path: root.into(),
+        source,
+    })?;
+    if !is_bpffs(root) {
+        return Err(LoadError::NotBpffs { path: root.into() });
+    }
+    Ok(())
+}
+
+/// Loads the object with its maps pinned under `root` (reusing pins that exist).
+pub fn load(root: &Path, sizes: MapSizes) -> Result<Ebpf, LoadError> {
+    prepare_bpf_root(root)?;
+    EbpfLoader::new()
+        .default_map_pin_directory(root)
+        .map_max_entries(lash_common::MAP_LB4_SERVICES, sizes.services)
+        .map_max_entries(lash_common::MAP_LB4_BACKENDS, sizes.backends)
+        .map_max_entries(lash_common::MAP_LB4_REVERSE_NAT, sizes.rev_nat)
+        .map_max_entries(lash_common::MAP_LB4_REVERSE_SK, sizes.reverse_sk)
+        .map_max_entries(lash_common::MAP_LB4_AFFINITY, sizes.affinity)
+        .load(OBJECT)
+        .map_err(|source| LoadError::Load {
+            root: root.into(),
+            source,
+        })
+}
+
+pub fn link_pin_path(root: &Path, hook: &str) -> PathBuf {
+    root.join("links").join(hook)
+}
+
+/// Attaches every socket program to `cgroup` and pins the links under
+/// `root/links/<hook>`, replacing links an earlier agent left there.
+pub fn attach_sock_programs(ebpf: &mut Ebpf, root: &Path, cgroup: &Path) -> Result<(), LoadError> {
+    let cg = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.into(),
+        source,
+    })?;
+    for (name, hook) in SOCK_PROGRAMS {
+        let prog_err = |source| LoadError::Program { name, source };
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Program {
+                name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?
+            .try_into()
+            .map_err(prog_err)?;
+        prog.load().map_err(prog_err)?;
+        // Through bpf_link (kernel >= 5.7) the kernel takes no flags and always
+        // allows several programs per hook, which the hand-over below relies on.
+        let link_id = prog
+            .attach(&cg, CgroupAttachMode::Single)
+            .map_err(prog_err)?;
+        let link = prog.take_link(link_id).map_err(prog_err)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| LoadError::Pin {
+            name,
+            path: link_pin_path(root, hook),
+            source: Box::new(e),
+        })?;
+
+        // New link first, under a temporary name; then retire the old one.
+        let final_path = link_pin_path(root, hook);
+        // bpffs refuses names with a dot.
+        let tmp_path = root.join("links").join(format!("{hook}_new"));
+        let _ = fs::remove_file(&tmp_path);
+        let pin_err = |path: &Path, e: Box<dyn std::error::Error + Send + Sync>| LoadError::Pin {
+            name,
+            path: path.into(),
+            source: e,
+        };
+        let pinned = fd_link
+            .pin(&tmp_path)
+            .map_err(|e| pin_err(&tmp_path, Box::new(e)))?;
+        if final_path.exists() {
+            // Dropping the unpinned old link detaches it.
+            if let Ok(old) = PinnedLink::from_pin(&final_path) {
+                let _ = old.unpin();
+            } else {
+                let _ = fs::remove_file(&final_path);
+            }
+        }
+        fs::rename(&tmp_path, &final_path).map_err(|e| pin_err(&final_path, Box::new(e)))?;
+        drop(pinned);
+    }
+    Ok(())
+}
+
+/// Which hooks have a pinned link under `root`.
+pub fn attached_hooks(root: &Path) -> Vec<&'static str> {
+    SOCK_PROGRAMS
+        .iter()
+        .filter(|(_, hook)| link_pin_path(root, hook).exists())
+        .map(|(_, hook)| *hook)
+        .collect()
+}
+
+/// Detaches the programs and removes every pin under `root`: the node goes back
+/// to having no socket load balancing.
+pub fn uninstall(root: &Path) -> std::io::Result<()> {
+    for (_, hook) in SOCK_PROGRAMS {
+        let p = link_pin_path(root, hook);
+        if let Ok(link) = PinnedLink::from_pin(&p) {
+            let _ = link.unpin();
+        }
+        let _ = fs::remove_file(&p);
+    }
+    for name in crate::maps::ALL {
+        let _ = fs::remove_file(root.join(name));
+    }
+    let _ = fs::remove_dir(root.join("links"));
+    match fs::remove_dir(root) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,188 @@
+//! lash agent: the per-node daemon and its CLI.
+
+mod cli;
+mod k8s;
+mod lb;
+mod loader;
+mod maps;
+mod run;
+mod state;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use cli::Output;
+
+#[derive(Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "lash: eBPF service load balancing for Kubernetes nodes"
+)]
+struct Cli {
+    /// bpffs directory holding the pinned maps and links.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/sys/fs/bpf/lash",
+        env = "LASH_BPF_ROOT"
+    )]
+    bpf_root: PathBuf,
+    /// Where the running agent reports its status.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/lash",
+        env = "LASH_STATE_DIR"
+    )]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent: attach the programs and keep the maps in sync.
+    Run(RunArgs),
+    /// Inspect BPF maps.
+    Bpf {
+        #[command(subcommand)]
+        cmd: BpfCmd,
+    },
+    /// Services as the datapath sees them.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+    /// Agent, programs and maps at a glance.
+    Status {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Detach the programs and remove the pinned maps and links.
+    Uninstall,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Directory of Service and EndpointSlice manifests (standalone mode).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// cgroup v2 to attach the socket programs to.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Capacity of lb4_services and lb4_backends (entries).
+    #[arg(long, default_value_t = lash_common::LB4_SERVICES_MAX)]
+    lb_map_max: u32,
+    /// Seconds between full resyncs behind the directory watch.
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
+}
+
+#[derive(Subcommand)]
+enum BpfCmd {
+    Lb {
+        #[command(subcommand)]
+        cmd: LbCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LbCmd {
+    /// List lb4_services: every frontend and its backend slots.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// List services with their IDs and backends.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// The cgroup v2 root: /sys/fs/cgroup/unified on hybrid hosts.
+fn default_cgroup() -> PathBuf {
+    let unified = PathBuf::from("/sys/fs/cgroup/unified");
+    if unified.join("cgroup.procs").exists() {
+        unified
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let cfg = run::RunConfig {
+                manifests: args.manifests,
+                bpf_root: cli.bpf_root,
+                cgroup: args.cgroup.unwrap_or_else(default_cgroup),
+                state_dir: cli.state_dir,
+                sizes: loader::MapSizes {
+                    services: args.lb_map_max,
+                    backends: args.lb_map_max,
+                    ..Default::default()
+                },
+                resync: Duration::from_secs(args.resync_seconds.max(1)),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(run::run(cfg))
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Lb {
+                cmd: LbCmd::List { output },
+            },
+        } => {
+            let maps = maps::LbMaps::open_pinned(&cli.bpf_root)?;
+            let rows = cli::bpf_lb_list::rows(&maps)?;
+            match output {
+                Output::Table => print!("{}", cli::bpf_lb_list::table(&rows)),
+                Output::Json => print_json(&rows)?,
+            }
+            Ok(())
+        }
+        Cmd::Service {
+            cmd: ServiceCmd::List { output },
+        } => {
+            let maps = maps::LbMaps::open_pinned(&cli.bpf_root)?;
+            let svcs = cli::service_list::services(&maps)?;
+            match output {
+                Output::Table => print!("{}", cli::service_list::table(&svcs)),
+                Output::Json => print_json(&svcs)?,
+            }
+            Ok(())
+        }
+        Cmd::Status { output } => {
+            let s = cli::status::collect(&cli.bpf_root, &cli.state_dir);
+            match output {
+                Output::Table => print!("{}", cli::status::table(&s)),
+                Output::Json => print_json(&s)?,
+            }
+            Ok(())
+        }
+        Cmd::Uninstall => loader::uninstall(&cli.bpf_root)
+            .with_context(|| format!("removing {}", cli.bpf_root.display())),
+    }
+}

@@ -1,0 +1,52 @@
+//! What the running agent tells the CLI through --state-dir: its pid and the
+//! outcome of its last reconcile. The maps themselves are the datapath's state;
+//! this is only the agent's.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub bpf_root: PathBuf,
+    pub cgroup: PathBuf,
+    pub manifests: PathBuf,
+    /// Seconds since the epoch of the last finished reconcile.
+    pub last_sync_unix: f64,
+    /// How many reconciles have run since start.
+    pub syncs: u64,
+    pub last_sync_ms: f64,
+    pub services: usize,
+    pub backends: usize,
+    /// Manifest and programming errors of the last reconcile.
+    pub errors: Vec<String>,
+}
+
+pub fn status_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("status.json")
+}
+
+/// Written to a temporary file and renamed, so a reader never sees half of it.
+pub fn write_status(state_dir: &Path, status: &AgentStatus) -> std::io::Result<()> {
+    fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join(".status.json.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, status_path(state_dir))
+}
+
+pub fn read_status(state_dir: &Path) -> Option<AgentStatus> {
+    let text = fs::read_to_string(status_path(state_dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}

@@ -1,0 +1,23 @@
+//! lash kernel programs. One object, loaded and attached by the agent.
+//!
+//! - `sock`: cgroup/connect4, sendmsg4, recvmsg4, getpeername4 (socket-level LB).
+//! - `lb`: service and backend lookups shared by the socket programs.
+//! - `maps`: every map, one place, with the pinned names bpftool shows.
+#![no_std]
+#![no_main]
+
+mod lb;
+mod maps;
+mod sock;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach a panic, so this is
+    // never called; it only has to exist for a no_std binary.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
