@@ -1,1 +1,7 @@
+//! Test support for lash: sandboxes of network namespaces with stand-in pods,
+//! and helpers to drive the agent and probe binaries inside them. Used by the
+//! integration tests in tests/tests/, by `cargo xtask demo` and by the bench.
 
+pub mod manifests;
+pub mod netns;
+pub mod sandbox;

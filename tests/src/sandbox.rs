@@ -1,0 +1,302 @@
+//! A throw-away node: a "node" network namespace with a client cgroup, and pods
+//! in namespaces of their own, each wired to the node by a veth pair named like
+//! the CNI's (lxcN on the node side, eth0 in the pod), plus a bpffs directory and
+//! a work directory for manifests and agent state.
+//!
+//! Everything is created under names unique to the sandbox and removed on drop,
+//! also when a test fails half-way. No address is ever reached from the
+//! machine's root namespace: the client runs inside the node namespace, and the
+//! service range is blackholed there so an untranslated packet goes nowhere.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+/// The service range blackholed in the node namespace.
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The address every lxc device answers for: the pods' default gateway.
+const GATEWAY: &str = "169.254.1.1";
+pub const POD_TCP_PORT: u16 = 8080;
+pub const POD_UDP_PORT: u16 = 5353;
+
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub lxc: String,
+}
+
+pub struct Sandbox {
+    pub name: String,
+    pub node_ns: String,
+    pub pods: Vec<Pod>,
+    pub cgroup: PathBuf,
+    pub bpf_root: PathBuf,
+    pub work: PathBuf,
+    namespaces: Vec<String>,
+    servers: Vec<Child>,
+    agent: Option<Child>,
+}
+
+/// Where the workspace's binaries are: $LASH_BIN_DIR, else target/debug.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("LASH_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug").join(name)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Polls `f` every 5 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Sandbox {
+    /// A node with `pods` pods at 10.244.0.11, .12, ... Requires root.
+    pub fn new(tag: &str, pods: usize) -> anyhow::Result<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("sandboxes need root (network namespaces, cgroups, bpffs)");
+        }
+        let name = format!("lash-{tag}-{}", std::process::id());
+        let cg_root = Path::new("/sys/fs/cgroup/unified");
+        let cg_root = if cg_root.join("cgroup.procs").exists() {
+            cg_root
+        } else {
+            Path::new("/sys/fs/cgroup")
+        };
+        let mut sb = Sandbox {
+            node_ns: format!("{name}-node"),
+            pods: Vec::new(),
+            cgroup: cg_root.join(&name),
+            bpf_root: Path::new("/sys/fs/bpf").join(&name),
+            work: std::env::temp_dir().join(&name),
+            namespaces: Vec::new(),
+            servers: Vec::new(),
+            agent: None,
+            name,
+        };
+        // From here on, drop cleans up whatever was made.
+        sb.build(pods)?;
+        Ok(sb)
+    }
+
+    fn build(&mut self, pods: usize) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.work.join("manifests"))?;
+        std::fs::create_dir_all(&self.cgroup)
+            .with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
+        let node = self.node_ns.clone();
+        self.add_netns(&node)?;
+        ip(&["-n", &node, "route", "add", "blackhole", SERVICE_CIDR])?;
+        for i in 1..=pods {
+            let pod = Pod {
+                name: format!("pod-{i}"),
+                netns: format!("{}-p{i}", self.name),
+                ip: Ipv4Addr::new(10, 244, 0, 10 + i as u8),
+                lxc: format!("lxc{i}"),
+            };
+            self.add_netns(&pod.netns)?;
+            let (ns, lxc, addr) = (&pod.netns, &pod.lxc, format!("{}/32", pod.ip));
+            ip(&["-n", &node, "link", "add", lxc, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+            ip(&["-n", &node, "addr", "add", &format!("{GATEWAY}/32"), "dev", lxc])?;
+            ip(&["-n", &node, "link", "set", lxc, "up"])?;
+            ip(&["-n", &node, "route", "add", &addr, "dev", lxc])?;
+            ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", ns, "route", "add", &format!("{GATEWAY}/32"), "dev", "eth0", "scope", "link"])?;
+            ip(&["-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
+            self.pods.push(pod);
+        }
+        Ok(())
+    }
+
+    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", name])?;
+        self.namespaces.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.work.join("manifests")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.work.join("state")
+    }
+
+    /// Writes a manifest atomically (a dot-file renamed into place), as a
+    /// careful editor or `kubectl`-like tool would.
+    pub fn write_manifest(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        let tmp = self.manifests().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.manifests().join(file))?;
+        Ok(())
+    }
+
+    /// Starts a lash-podserver in every pod and waits until each listens.
+    pub fn start_pod_servers(&mut self) -> anyhow::Result<()> {
+        for pod in &self.pods {
+            let mut child = Command::new(bin("lash-podserver"))
+                .args(["--netns", &pod.netns, "--name", &pod.name])
+                .args(["--tcp", &POD_TCP_PORT.to_string(), "--udp", &POD_UDP_PORT.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {}", bin("lash-podserver").display()))?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+            self.servers.push(child);
+            if line.trim() != "ready" {
+                bail!("pod server in {} did not start", pod.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Base command for the agent binary on this sandbox's bpffs and state dirs.
+    pub fn agent_cmd(&self) -> Command {
+        let mut c = Command::new(bin("agent"));
+        c.arg("--bpf-root").arg(&self.bpf_root).arg("--state-dir").arg(self.state_dir());
+        c
+    }
+
+    /// Runs an agent CLI command and returns its stdout.
+    pub fn agent_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(self.agent_cmd().args(args))
+    }
+
+    /// Number of reconciles the running agent has finished, from its status.
+    pub fn syncs(&self) -> u64 {
+        std::fs::read_to_string(self.state_dir().join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["syncs"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Starts `agent run` on this sandbox and waits for its first reconcile.
+    pub fn start_agent(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let before = self.syncs();
+        let _ = std::fs::remove_file(self.state_dir().join("status.json"));
+        let log = std::fs::File::create(self.work.join("agent.log"))?;
+        let child = self
+            .agent_cmd()
+            .arg("run")
+            .arg("--manifests")
+            .arg(self.manifests())
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .args(extra)
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin("agent").display()))?;
+        self.agent = Some(child);
+        let _ = before;
+        if wait_for(Duration::from_secs(20), || (self.syncs() >= 1).then_some(())).is_none() {
+            bail!("agent did not report a sync within 20 s; log:\n{}", self.agent_log());
+        }
+        Ok(())
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// Stops the agent we started (SIGTERM, or SIGKILL if `kill`) and reaps it.
+    pub fn stop_agent(&mut self, kill: bool) -> anyhow::Result<()> {
+        if let Some(mut child) = self.agent.take() {
+            let sig = if kill { libc::SIGKILL } else { libc::SIGTERM };
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(child.id() as i32, sig) };
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the agent has finished a reconcile that started after now.
+    pub fn wait_synced_after(&self, since: u64, timeout: Duration) -> bool {
+        wait_for(timeout, || (self.syncs() > since).then_some(())).is_some()
+    }
+
+    /// A probe command inside the node namespace and the client cgroup.
+    pub fn probe_cmd(&self, mode: &str, addr: &str) -> Command {
+        let mut c = Command::new(bin("lash-probe"));
+        c.arg("--cgroup")
+            .arg(&self.cgroup)
+            .args(["--netns", &self.node_ns, mode, addr]);
+        c
+    }
+
+    /// Runs the probe and returns its JSON lines.
+    pub fn probe(&self, mode: &str, addr: &str, count: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = run(self.probe_cmd(mode, addr).args(["--count", &count.to_string()]))?;
+        out.lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("probe line {l:?}")))
+            .collect()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Our processes first (by the ids we started), so the cgroup empties.
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        for mut s in self.servers.drain(..) {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        // Removing the pins detaches the links and frees the maps: no process
+        // of ours holds them any more.
+        let _ = std::fs::remove_dir_all(&self.bpf_root);
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = ip(&["netns", "del", &ns]);
+        }
+        // A cgroup can be removed once its last process has exited, which the
+        // kernel notes asynchronously.
+        let _ = wait_for(Duration::from_secs(5), || {
+            (!self.cgroup.exists() || std::fs::remove_dir(&self.cgroup).is_ok()).then_some(())
+        });
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
