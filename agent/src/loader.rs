@@ -71,6 +71,15 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "pinned map {name} holds {pinned} entries but {wanted} were asked for; \
+         run `agent uninstall` (drops the programmed services) to resize"
+    )]
+    SizeMismatch {
+        name: &'static str,
+        pinned: u32,
+        wanted: u32,
+    },
     #[error("pinning link of {name} at {path}: {source}")]
     Pin {
         name: &'static str,
@@ -162,6 +171,30 @@ pub fn load(root: &Path, sizes: MapSizes) -> Result<Ebpf, LoadError> {
             root: root.into(),
             source,
         })
+}
+
+/// A pinned map is reused as it is, whatever size was asked for; say so
+/// instead of silently running with another capacity.
+pub fn check_sizes(root: &Path, sizes: MapSizes) -> Result<(), LoadError> {
+    let wanted = [
+        (lash_common::MAP_LB4_SERVICES, sizes.services),
+        (lash_common::MAP_LB4_BACKENDS, sizes.backends),
+        (lash_common::MAP_LB4_REVERSE_NAT, sizes.rev_nat),
+        (lash_common::MAP_LB4_REVERSE_SK, sizes.reverse_sk),
+        (lash_common::MAP_LB4_AFFINITY, sizes.affinity),
+    ];
+    for (name, wanted) in wanted {
+        let pinned = aya::maps::MapData::from_pin(root.join(name))
+            .ok()
+            .and_then(|m| m.info().ok())
+            .map(|i| i.max_entries());
+        if let Some(pinned) = pinned {
+            if pinned != wanted {
+                return Err(LoadError::SizeMismatch { name, pinned, wanted });
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn link_pin_path(root: &Path, hook: &str) -> PathBuf {

@@ -94,10 +94,12 @@ fn unix_now() -> f64 {
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut ebpf = loader::load(&cfg.bpf_root, cfg.sizes)?;
+    // Check the pinned maps (layout, size) before any program goes live on them.
+    let mut maps = LbMaps::open_pinned(&cfg.bpf_root)?;
+    loader::check_sizes(&cfg.bpf_root, cfg.sizes)?;
     loader::attach_sock_programs(&mut ebpf, &cfg.bpf_root, &cfg.cgroup)?;
     info!(bpf_root = %cfg.bpf_root.display(), cgroup = %cfg.cgroup.display(), "socket programs attached");
 
-    let mut maps = LbMaps::open_pinned(&cfg.bpf_root)?;
     let programmed = Programmed::from_entries(maps.services_entries()?, maps.backend_entries()?);
     info!(
         services = programmed.services.len(),

@@ -205,6 +205,9 @@ fn agent_restart_keeps_maps_and_established_connections() {
     assert_eq!(first["ok"], true, "{first}");
 
     sb.stop_agent(true).unwrap(); // as hard as it gets: SIGKILL
+    // The CLI reads the maps, not the agent.
+    assert_eq!(sb.agent_cli(&["bpf", "lb", "list"]).unwrap(), list_before);
+    assert!(sb.agent_cli(&["status"]).unwrap().contains("not running"));
     // With the agent gone, the pinned links and maps keep serving.
     let seen = backends(&sb.probe("tcp", HTTP, 30).unwrap());
     assert!(seen.len() >= 3, "{seen:?}");
@@ -258,4 +261,40 @@ fn malformed_manifest_is_reported_and_loses_nothing() {
     let status = sb.agent_cli(&["status"]).unwrap();
     assert!(status.contains("Service default/web") && status.contains("spec.ports[0].port"), "{status}");
     assert_eq!(sb.agent_cli(&["bpf", "lb", "list"]).unwrap(), before);
+}
+
+#[test]
+fn full_map_is_reported_and_leaves_no_half_programmed_service() {
+    let mut sb = Sandbox::new("full", 6).unwrap();
+    sb.start_pod_servers().unwrap();
+    let ips: Vec<(Ipv4Addr, Cond)> = sb.pods.iter().map(|p| (p.ip, Cond::Ready)).collect();
+    sb.write_manifest("web.yaml", &format!("{}---\n{}", service("web", VIP), endpoint_slice("web", &ips)))
+        .unwrap();
+    // Room for one frontend with six slots (7 entries), not for two.
+    sb.start_agent(&["--lb-map-max", "10"]).unwrap();
+    let status = sb.agent_cli(&["status"]).unwrap();
+    assert!(status.contains("maps full") && status.contains("default/web:http"), "{status}");
+    let list = sb.agent_cli(&["bpf", "lb", "list"]).unwrap();
+    assert!(list.contains("10.96.0.10:53/UDP") && !list.contains("10.96.0.10:80/TCP"), "{list}");
+    // The service that fit works; the one that did not is simply not a service.
+    assert_eq!(backends(&sb.probe("udp", DNS, 3).unwrap()).values().sum::<usize>(), 3);
+    for l in sb.probe("tcp", HTTP, 2).unwrap() {
+        assert_eq!(l["ok"], false);
+        assert_ne!(l["errno"], ECONNREFUSED, "no half-written frontend may answer: {l}");
+    }
+    // A restart asking for another size is refused with a clear message, and
+    // the datapath stays as it was.
+    sb.stop_agent(false).unwrap();
+    let out = sb
+        .agent_cmd()
+        .args(["run", "--lb-map-max", "20", "--manifests"])
+        .arg(sb.manifests())
+        .arg("--cgroup")
+        .arg(&sb.cgroup)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lb4_services holds 10 entries but 20"), "{err}");
+    assert_eq!(sb.agent_cli(&["bpf", "lb", "list"]).unwrap(), list);
 }

@@ -1,1 +1,70 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | test | demo`.
+//!
+//! Every task first runs `setup`, which installs what the build needs on a
+//! Debian 12 machine (as root) and does nothing when it is already there.
+
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain: Debian's rustc with the BPF core, LLVM 22,
+    /// bpf-linker, bpftool, iproute2.
+    Setup,
+    /// Build the eBPF object and every binary.
+    Build,
+    /// Run every test: unit tests, then the root integration tests.
+    Test,
+    /// Standalone agent on a sandbox of 6 pods: shows the load spread.
+    Demo {
+        /// Keep the sandbox up until Ctrl-C, to look around.
+        #[arg(long)]
+        hold: bool,
+    },
+}
+
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {args:?}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build() -> anyhow::Result<()> {
+    setup::setup()?;
+    cargo(&["build", "--workspace", "--bins"])
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build(),
+        Cmd::Test => {
+            build()?;
+            cargo(&["test", "--workspace", "--exclude", "lash-tests"])?;
+            // The integration tests build sandboxes of namespaces and load
+            // programs; one at a time keeps them clear of each other on 2 cores.
+            cargo(&["test", "-p", "lash-tests", "--", "--test-threads=1"])
+        }
+        Cmd::Demo { hold } => {
+            build()?;
+            demo::run(hold)
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Idempotent toolchain install (the recipe of shared/toolchain.md): Debian's
+//! rustc 1.96 ships a prebuilt `core` for bpfel-unknown-none, and bpf-linker is
+//! built against the same LLVM major (22).
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _};
+
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "clang-22",
+    "lld-22",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftool",
+    "iproute2",
+    "iptables",
+    "nftables",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+pub fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if !missing.is_empty() {
+        eprintln!("xtask setup: installing {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists() {
+        bail!("/usr/lib/rustlib/bpfel-unknown-none is missing after installing libstd-rust-web-dev-bpf");
+    }
+    if !bpf_linker_ok() {
+        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
+        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))?;
+        if !bpf_linker_ok() {
+            bail!("bpf-linker {BPF_LINKER_VERSION} is still not on PATH (is ~/.cargo/bin on PATH?)");
+        }
+    }
+    Ok(())
+}
