@@ -190,7 +190,11 @@ pub fn check_sizes(root: &Path, sizes: MapSizes) -> Result<(), LoadError> {
             .map(|i| i.max_entries());
         if let Some(pinned) = pinned {
             if pinned != wanted {
-                return Err(LoadError::SizeMismatch { name, pinned, wanted });
+                return Err(LoadError::SizeMismatch {
+                    name,
+                    pinned,
+                    wanted,
+                });
             }
         }
     }

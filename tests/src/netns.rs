@@ -22,3 +22,18 @@ pub fn join_cgroup(cgroup: &Path) -> anyhow::Result<()> {
     std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
         .with_context(|| format!("joining cgroup {}", cgroup.display()))
 }
+
+/// Pins the calling process to one CPU, so a client and its servers do not
+/// compete for the same core in benchmarks.
+pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within its bounds for
+    // cpu < CPU_SETSIZE, which sched_setaffinity then checks against the machine.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context(format!("pinning to CPU {cpu}"));
+        }
+    }
+    Ok(())
+}

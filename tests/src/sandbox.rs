@@ -6,7 +6,8 @@
 //! Everything is created under names unique to the sandbox and removed on drop,
 //! also when a test fails half-way. No address is ever reached from the
 //! machine's root namespace: the client runs inside the node namespace, and the
-//! service range is blackholed there so an untranslated packet goes nowhere.
+//! service range is routed there into a sink namespace that drops everything,
+//! so an untranslated packet goes nowhere (and is counted on the way).
 
 use std::{
     io::{BufRead, BufReader},
@@ -18,8 +19,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-/// The service range blackholed in the node namespace.
+/// The service range, routed into the sink namespace from the node.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// Next hop of the service range: a static neighbour on sink0.
+const SINK_GW: &str = "169.254.2.2";
 /// The address every lxc device answers for: the pods' default gateway.
 const GATEWAY: &str = "169.254.1.1";
 pub const POD_TCP_PORT: u16 = 8080;
@@ -121,7 +124,51 @@ impl Sandbox {
             .with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
         let node = self.node_ns.clone();
         self.add_netns(&node)?;
-        ip(&["-n", &node, "route", "add", "blackhole", SERVICE_CIDR])?;
+        // The service range routes into a sink namespace that drops whatever
+        // arrives: a connect() to a VIP finds a route (as on a real node, where
+        // kube-proxy's DNAT comes after the route lookup), and an untranslated
+        // packet is counted on sink0 and dies inside the sandbox.
+        // IPv6 off, so the only packets on sink0 are the ones we look for.
+        let sink = format!("{}-sink", self.name);
+        self.add_netns(&sink)?;
+        for ns in [&node, &sink] {
+            for scope in ["all", "default"] {
+                run(Command::new("ip")
+                    .args(["netns", "exec", ns, "sysctl", "-qw"])
+                    .arg(format!("net.ipv6.conf.{scope}.disable_ipv6=1")))?;
+            }
+        }
+        ip(&[
+            "-n", &node, "link", "add", "sink0", "type", "veth", "peer", "name", "eth0", "netns",
+            &sink,
+        ])?;
+        ip(&["-n", &sink, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &node, "link", "set", "sink0", "up"])?;
+        ip(&[
+            "-n",
+            &node,
+            "neigh",
+            "add",
+            SINK_GW,
+            "lladdr",
+            "02:00:00:00:00:02",
+            "dev",
+            "sink0",
+            "nud",
+            "permanent",
+        ])?;
+        ip(&[
+            "-n",
+            &node,
+            "route",
+            "add",
+            SERVICE_CIDR,
+            "via",
+            SINK_GW,
+            "dev",
+            "sink0",
+            "onlink",
+        ])?;
         for i in 1..=pods {
             let pod = Pod {
                 name: format!("pod-{i}"),
@@ -131,14 +178,37 @@ impl Sandbox {
             };
             self.add_netns(&pod.netns)?;
             let (ns, lxc, addr) = (&pod.netns, &pod.lxc, format!("{}/32", pod.ip));
-            ip(&["-n", &node, "link", "add", lxc, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
-            ip(&["-n", &node, "addr", "add", &format!("{GATEWAY}/32"), "dev", lxc])?;
+            ip(&[
+                "-n", &node, "link", "add", lxc, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ])?;
+            ip(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("{GATEWAY}/32"),
+                "dev",
+                lxc,
+            ])?;
             ip(&["-n", &node, "link", "set", lxc, "up"])?;
             ip(&["-n", &node, "route", "add", &addr, "dev", lxc])?;
             ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", ns, "route", "add", &format!("{GATEWAY}/32"), "dev", "eth0", "scope", "link"])?;
-            ip(&["-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                &format!("{GATEWAY}/32"),
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ])?;
+            ip(&[
+                "-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0",
+            ])?;
             self.pods.push(pod);
         }
         Ok(())
@@ -170,10 +240,24 @@ impl Sandbox {
 
     /// Starts a lash-podserver in every pod and waits until each listens.
     pub fn start_pod_servers(&mut self) -> anyhow::Result<()> {
+        self.start_pod_servers_on(None)
+    }
+
+    /// The same, with the servers pinned to one CPU (benchmarks).
+    pub fn start_pod_servers_on(&mut self, cpu: Option<usize>) -> anyhow::Result<()> {
         for pod in &self.pods {
-            let mut child = Command::new(bin("lash-podserver"))
+            let mut cmd = Command::new(bin("lash-podserver"));
+            if let Some(cpu) = cpu {
+                cmd.args(["--cpu", &cpu.to_string()]);
+            }
+            let mut child = cmd
                 .args(["--netns", &pod.netns, "--name", &pod.name])
-                .args(["--tcp", &POD_TCP_PORT.to_string(), "--udp", &POD_UDP_PORT.to_string()])
+                .args([
+                    "--tcp",
+                    &POD_TCP_PORT.to_string(),
+                    "--udp",
+                    &POD_UDP_PORT.to_string(),
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("starting {}", bin("lash-podserver").display()))?;
@@ -190,7 +274,10 @@ impl Sandbox {
     /// Base command for the agent binary on this sandbox's bpffs and state dirs.
     pub fn agent_cmd(&self) -> Command {
         let mut c = Command::new(bin("agent"));
-        c.arg("--bpf-root").arg(&self.bpf_root).arg("--state-dir").arg(self.state_dir());
+        c.arg("--bpf-root")
+            .arg(&self.bpf_root)
+            .arg("--state-dir")
+            .arg(self.state_dir());
         c
     }
 
@@ -210,7 +297,11 @@ impl Sandbox {
 
     /// Starts `agent run` on this sandbox and waits for its first reconcile.
     pub fn start_agent(&mut self, extra: &[&str]) -> anyhow::Result<()> {
-        let before = self.syncs();
+        self.start_agent_timeout(extra, Duration::from_secs(20))
+    }
+
+    /// The same, waiting up to `timeout` for the first reconcile.
+    pub fn start_agent_timeout(&mut self, extra: &[&str], timeout: Duration) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(self.state_dir().join("status.json"));
         let log = std::fs::File::create(self.work.join("agent.log"))?;
         let child = self
@@ -226,9 +317,11 @@ impl Sandbox {
             .spawn()
             .with_context(|| format!("starting {}", bin("agent").display()))?;
         self.agent = Some(child);
-        let _ = before;
-        if wait_for(Duration::from_secs(20), || (self.syncs() >= 1).then_some(())).is_none() {
-            bail!("agent did not report a sync within 20 s; log:\n{}", self.agent_log());
+        if wait_for(timeout, || (self.syncs() >= 1).then_some(())).is_none() {
+            bail!(
+                "agent did not report a sync within {timeout:?}; log:\n{}",
+                self.agent_log()
+            );
         }
         Ok(())
     }
@@ -257,6 +350,15 @@ impl Sandbox {
         wait_for(timeout, || (self.syncs() > since).then_some(())).is_some()
     }
 
+    /// IPv4 packets the node sent towards the service range untranslated.
+    pub fn sink_tx_packets(&self) -> anyhow::Result<u64> {
+        let out = ip(&["-n", &self.node_ns, "-s", "-j", "link", "show", "sink0"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v[0]["stats64"]["tx"]["packets"]
+            .as_u64()
+            .context("no tx counter for sink0")
+    }
+
     /// A probe command inside the node namespace and the client cgroup.
     pub fn probe_cmd(&self, mode: &str, addr: &str) -> Command {
         let mut c = Command::new(bin("lash-probe"));
@@ -267,8 +369,15 @@ impl Sandbox {
     }
 
     /// Runs the probe and returns its JSON lines.
-    pub fn probe(&self, mode: &str, addr: &str, count: usize) -> anyhow::Result<Vec<serde_json::Value>> {
-        let out = run(self.probe_cmd(mode, addr).args(["--count", &count.to_string()]))?;
+    pub fn probe(
+        &self,
+        mode: &str,
+        addr: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = run(self
+            .probe_cmd(mode, addr)
+            .args(["--count", &count.to_string()]))?;
         out.lines()
             .map(|l| serde_json::from_str(l).with_context(|| format!("probe line {l:?}")))
             .collect()

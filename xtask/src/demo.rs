@@ -42,17 +42,31 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let mut sb = Sandbox::new("demo", 6).context("building the sandbox")?;
     section("sandbox");
-    println!("node namespace {} with client cgroup {}", sb.node_ns, sb.cgroup.display());
+    println!(
+        "node namespace {} with client cgroup {}",
+        sb.node_ns,
+        sb.cgroup.display()
+    );
     for p in &sb.pods {
-        println!("  {}  {:<12} netns {}  via {}", p.name, p.ip, p.netns, p.lxc);
+        println!(
+            "  {}  {:<12} netns {}  via {}",
+            p.name, p.ip, p.netns, p.lxc
+        );
     }
     sb.start_pod_servers()?;
     check()?;
 
     let ips: Vec<(Ipv4Addr, Cond)> = sb.pods.iter().map(|p| (p.ip, Cond::Ready)).collect();
-    let manifest = format!("{}---\n{}", service("web", vip), endpoint_slice("web", &ips));
+    let manifest = format!(
+        "{}---\n{}",
+        service("web", vip),
+        endpoint_slice("web", &ips)
+    );
     sb.write_manifest("web.yaml", &manifest)?;
-    section(&format!("manifest {}", sb.manifests().join("web.yaml").display()));
+    section(&format!(
+        "manifest {}",
+        sb.manifests().join("web.yaml").display()
+    ));
     print!("{manifest}");
 
     sb.start_agent(&[])?;
@@ -64,13 +78,19 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     let lines = sb.probe("tcp", "10.96.0.10:80", 60)?;
     let mut hist: BTreeMap<String, usize> = BTreeMap::new();
     for l in &lines {
-        let key = l["backend"].as_str().map(str::to_string).unwrap_or_else(|| format!("error: {}", l["error"]));
+        let key = l["backend"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("error: {}", l["error"]));
         *hist.entry(key).or_default() += 1;
     }
     for (backend, n) in &hist {
         println!("  {backend:<8} {n:>3} {}", "#".repeat(*n));
     }
-    println!("  getpeername() in the client: {}", lines[0]["peer"].as_str().unwrap_or("?"));
+    println!(
+        "  getpeername() in the client: {}",
+        lines[0]["peer"].as_str().unwrap_or("?")
+    );
     check()?;
 
     section("client: 5 datagrams to 10.96.0.10:53/UDP from one socket");
@@ -102,7 +122,10 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
             sb.bpf_root.display(),
             sb.state_dir().display()
         );
-        println!("  edit {} and watch `bpf lb list` follow", sb.manifests().join("web.yaml").display());
+        println!(
+            "  edit {} and watch `bpf lb list` follow",
+            sb.manifests().join("web.yaml").display()
+        );
         while !INTERRUPTED.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }

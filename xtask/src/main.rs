@@ -3,6 +3,7 @@
 //! Every task first runs `setup`, which installs what the build needs on a
 //! Debian 12 machine (as root) and does nothing when it is already there.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -33,6 +34,12 @@ enum Cmd {
         #[arg(long)]
         hold: bool,
     },
+    /// lash vs kube-proxy's iptables and nftables rules vs no translation.
+    Bench {
+        /// 0 and 1000 services, fewer samples: a smoke test under 3 minutes.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
@@ -44,6 +51,13 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+fn bin_dir(profile: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join(profile)
 }
 
 fn build() -> anyhow::Result<()> {
@@ -65,6 +79,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo { hold } => {
             build()?;
             demo::run(hold)
+        }
+        Cmd::Bench { quick } => {
+            setup::setup()?;
+            // Release binaries: the agent's speed is part of what is measured.
+            cargo(&["build", "--workspace", "--bins", "--release"])?;
+            std::env::set_var("LASH_BIN_DIR", bin_dir("release"));
+            bench::run(quick)
         }
     }
 }

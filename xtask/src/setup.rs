@@ -48,7 +48,11 @@ fn bpf_linker_ok() -> bool {
 }
 
 pub fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if !missing.is_empty() {
         eprintln!("xtask setup: installing {}", missing.join(" "));
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
@@ -62,14 +66,21 @@ pub fn setup() -> anyhow::Result<()> {
     }
     if !bpf_linker_ok() {
         eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
-        run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", "llvm-22"])
-            .env("PATH", path)
-            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))?;
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("PATH", path)
+                .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
+        )?;
         if !bpf_linker_ok() {
-            bail!("bpf-linker {BPF_LINKER_VERSION} is still not on PATH (is ~/.cargo/bin on PATH?)");
+            bail!(
+                "bpf-linker {BPF_LINKER_VERSION} is still not on PATH (is ~/.cargo/bin on PATH?)"
+            );
         }
     }
     Ok(())

@@ -10,7 +10,10 @@
 //! A backend keeps its slot while it stays in a service (see [`assign_slots`]), so
 //! UDP sockets that stuck to it keep it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Bound::{Excluded, Unbounded},
+};
 
 use lash_common::{Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
 use thiserror::Error;
@@ -68,6 +71,9 @@ pub struct ProgrammedService {
     pub flags: u8,
     /// Whether slot 0 exists. False for leftovers of an interrupted write.
     pub has_frontend: bool,
+    /// The count slot 0 carries (0 without it). After an interrupted write it
+    /// can differ from the number of slots.
+    pub count: u16,
     /// slot (1..) -> backend id, every slot entry present in the map.
     pub slots: BTreeMap<u16, u32>,
 }
@@ -104,10 +110,12 @@ impl Programmed {
                 rev_nat: 0,
                 flags: 0,
                 has_frontend: false,
+                count: 0,
                 slots: BTreeMap::new(),
             });
             if k.backend_slot == 0 {
                 s.has_frontend = true;
+                s.count = v.count;
                 s.rev_nat = lb4_services::rev_nat_of(&v);
                 s.flags = v.flags;
             } else {
@@ -307,9 +315,12 @@ impl Reconciler {
                 );
                 continue;
             }
-            // Not admitted: keep what is programmed for it, if anything.
+            // Not admitted: keep what is programmed for it, if anything. What
+            // it keeps still takes room in the maps.
             if self.programmed.services.contains_key(&svc.frontend) {
                 if let Some(keep) = self.as_desired(&svc.frontend, &svc.name) {
+                    service_entries += 1 + keep.backends.len();
+                    backends.extend(keep.backends.iter().map(|(a, _)| *a));
                     out.insert(svc.frontend, keep);
                 }
             }
@@ -351,6 +362,7 @@ impl Reconciler {
         if s.has_frontend {
             maps.del_service(&lb4_services::key(fe, 0))?;
             s.has_frontend = false;
+            s.count = 0;
         }
         while let Some((&slot, _)) = s.slots.last_key_value() {
             maps.del_service(&lb4_services::key(fe, slot))?;
@@ -433,6 +445,7 @@ impl Reconciler {
                 rev_nat: 0,
                 flags: 0,
                 has_frontend: false,
+                count: 0,
                 slots: BTreeMap::new(),
             });
         let rev_nat = if old.rev_nat != 0 {
@@ -443,6 +456,7 @@ impl Reconciler {
         let slots = assign_slots(&old.slot_list(), &ids);
         let count = slots.len() as u16;
         let unchanged = old.has_frontend
+            && old.count == count
             && old.rev_nat == rev_nat
             && old.flags == flags
             && old.slots.len() == slots.len()
@@ -474,9 +488,15 @@ impl Reconciler {
             let v = lb4_services::frontend_value(count, rev_nat, flags);
             maps.put_service(&lb4_services::key(&fe, 0), &v)?;
             cur.has_frontend = true;
+            cur.count = count;
             cur.flags = flags;
             frontend_written = true;
-            let excess: Vec<u16> = cur.slots.range(count + 1..).map(|(s, _)| *s).collect();
+            // Excluded, not count + 1: count may be u16::MAX.
+            let excess: Vec<u16> = cur
+                .slots
+                .range((Excluded(count), Unbounded))
+                .map(|(s, _)| *s)
+                .collect();
             for slot in excess {
                 maps.del_service(&lb4_services::key(&fe, slot))?;
                 cur.slots.remove(&slot);
@@ -489,7 +509,11 @@ impl Reconciler {
             // slots past the old count and a reverse-NAT entry nobody uses.
             if !frontend_written {
                 let old_count = old.slots.len() as u16;
-                let extra: Vec<u16> = cur.slots.range(old_count + 1..).map(|(s, _)| *s).collect();
+                let extra: Vec<u16> = cur
+                    .slots
+                    .range((Excluded(old_count), Unbounded))
+                    .map(|(s, _)| *s)
+                    .collect();
                 for slot in extra {
                     if maps.del_service(&lb4_services::key(&fe, slot)).is_ok() {
                         cur.slots.remove(&slot);
@@ -548,3 +572,7 @@ pub fn assign_slots(old: &[u32], new: &[u32]) -> Vec<u32> {
     }
     slots.into_iter().flatten().collect()
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
             "--tcp" => tcp = Some(v.parse::<u16>()?),
             "--udp" => udp = Some(v.parse::<u16>()?),
             "--netns" => lash_tests::netns::enter(&v)?,
+            "--cpu" => lash_tests::netns::pin_to_cpu(v.parse()?)?,
             other => anyhow::bail!("unknown argument {other}"),
         }
         i += 2;

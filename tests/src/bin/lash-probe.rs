@@ -5,6 +5,13 @@
 //!   lash-probe [--cgroup DIR] [--netns NAME] MODE ADDR:PORT [--count N]
 //!   MODE: tcp | udp (one unconnected socket, sendto/recvfrom) |
 //!         udp-connected | hold (one TCP connection, a request per stdin line)
+//!
+//! Bench modes (one JSON line each):
+//!   bench-connect ADDR --count N        connect()+close N times: latency percentiles
+//!   bench-rr ADDR --millis M            requests over one connection for M ms
+//!   wait-backend ADDR --backends a,b    after a "go" line on stdin, connect until
+//!                                       one of the backends answers: the time a
+//!                                       change took to reach the datapath
 
 use std::{
     io::{BufRead, Read, Write},
@@ -20,6 +27,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mut positional = Vec::new();
     let mut count = 1usize;
+    let mut millis = 1000u64;
+    let mut wanted: Vec<String> = Vec::new();
+    let mut cpu: Option<usize> = None;
     let mut i = 1;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
@@ -28,6 +38,9 @@ fn main() -> anyhow::Result<()> {
             "--cgroup" => lash_tests::netns::join_cgroup(v.as_ref())?,
             "--netns" => lash_tests::netns::enter(&v)?,
             "--count" => count = v.parse()?,
+            "--millis" => millis = v.parse()?,
+            "--backends" => wanted = v.split(',').map(str::to_string).collect(),
+            "--cpu" => cpu = Some(v.parse()?),
             other => {
                 positional.push(other.to_string());
                 i += 1;
@@ -40,7 +53,13 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: lash-probe [--cgroup DIR] [--netns NAME] MODE ADDR:PORT [--count N]");
     };
     let addr: SocketAddr = addr.parse()?;
+    if let Some(cpu) = cpu {
+        lash_tests::netns::pin_to_cpu(cpu)?;
+    }
     match mode.as_str() {
+        "bench-connect" => println!("{}", bench_connect(addr, count)),
+        "bench-rr" => println!("{}", bench_rr(addr, Duration::from_millis(millis))?),
+        "wait-backend" => println!("{}", wait_backend(addr, &wanted)?),
         "tcp" => (0..count).for_each(|_| println!("{}", tcp_once(addr))),
         "udp" => udp_unconnected(addr, count)?,
         "udp-connected" => (0..count).for_each(|_| println!("{}", udp_connected(addr))),
@@ -89,7 +108,9 @@ fn tcp_once(addr: SocketAddr) -> serde_json::Value {
     let _ = s.set_read_timeout(Some(TIMEOUT));
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     match request(&mut s) {
-        Ok(backend) => json!({"ok": true, "backend": backend, "peer": peer, "connect_us": connect_us}),
+        Ok(backend) => {
+            json!({"ok": true, "backend": backend, "peer": peer, "connect_us": connect_us})
+        }
         Err(e) => errno_json(&e, start.elapsed()),
     }
 }
@@ -119,7 +140,9 @@ fn udp_unconnected(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
             s.send_to(b"ping", addr)?;
             let mut buf = [0u8; 512];
             let (n, from) = s.recv_from(&mut buf)?;
-            Ok(json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "from": from.to_string()}))
+            Ok(
+                json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "from": from.to_string()}),
+            )
         })();
         println!("{}", r.unwrap_or_else(|e| errno_json(&e, start.elapsed())));
     }
@@ -145,4 +168,110 @@ fn hold(addr: SocketAddr) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
     }
     Ok(())
+}
+
+/// Latency of connect() (handshake included) to `addr`, `count` times after a
+/// short warm-up. Connections are closed with RST (linger 0) so thousands of
+/// them leave no TIME_WAIT behind to skew later runs.
+fn bench_connect(addr: SocketAddr, count: usize) -> serde_json::Value {
+    let warmup = (count / 20).clamp(5, 100);
+    let mut samples = Vec::with_capacity(count);
+    let mut errors = 0usize;
+    let mut first_error = String::new();
+    for i in 0..warmup + count {
+        let start = Instant::now();
+        match TcpStream::connect_timeout(&addr, TIMEOUT) {
+            Ok(s) => {
+                let took = start.elapsed();
+                let _ = socket_linger_zero(&s);
+                drop(s);
+                if i >= warmup {
+                    samples.push(took.as_nanos() as u64);
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if first_error.is_empty() {
+                    first_error = e.to_string();
+                }
+            }
+        }
+    }
+    samples.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[idx] as f64 / 1000.0
+    };
+    let mean = if samples.is_empty() {
+        0.0
+    } else {
+        samples.iter().sum::<u64>() as f64 / samples.len() as f64 / 1000.0
+    };
+    json!({"n": samples.len(), "errors": errors, "first_error": first_error,
+           "p50_us": pct(0.50), "p99_us": pct(0.99), "mean_us": mean})
+}
+
+fn socket_linger_zero(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Request/response round trips over one established connection.
+fn bench_rr(addr: SocketAddr, duration: Duration) -> anyhow::Result<serde_json::Value> {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_nodelay(true)?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        request(&mut s)?;
+        n += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(json!({"requests": n, "rate_per_s": n as f64 / secs}))
+}
+
+/// Waits for "go" on stdin, then connects until one of `wanted` answers.
+fn wait_backend(addr: SocketAddr, wanted: &[String]) -> anyhow::Result<serde_json::Value> {
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let start = Instant::now();
+    let mut attempts = 0u64;
+    while start.elapsed() < Duration::from_secs(120) {
+        attempts += 1;
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, TIMEOUT) {
+            let _ = s.set_read_timeout(Some(TIMEOUT));
+            if let Ok(b) = request(&mut s) {
+                let _ = socket_linger_zero(&s);
+                if wanted.iter().any(|w| *w == b) {
+                    return Ok(
+                        json!({"ok": true, "elapsed_us": start.elapsed().as_micros() as u64, "attempts": attempts}),
+                    );
+                }
+            }
+        }
+    }
+    Ok(json!({"ok": false, "elapsed_us": start.elapsed().as_micros() as u64, "attempts": attempts}))
 }

@@ -1,0 +1,1452 @@
+//! The reconciler against an in-memory fake of the three maps. After every
+//! single write the fake checks what a concurrent connect() relies on, so a
+//! wrong write order shows up as a violation even when the end state is right.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    net::Ipv4Addr,
+};
+
+use lash_common::{
+    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, MAP_LB4_BACKENDS, MAP_LB4_REVERSE_NAT,
+    MAP_LB4_SERVICES,
+};
+
+use super::{assign_slots, Capacity, LbMapWriter, MapWriteError, Programmed, Reconciler, Report};
+use crate::lb::{BackendState, DesiredService, L4Addr, Proto, ServiceKind};
+use crate::maps::{lb4_backends, lb4_reverse_nat, lb4_services};
+
+// ---------------------------------------------------------------------------
+// The fake maps
+// ---------------------------------------------------------------------------
+
+/// One attempted write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Op {
+    PutService(L4Addr, u16),
+    DelService(L4Addr, u16),
+    PutBackend(u32, L4Addr),
+    DelBackend(u32),
+    PutRevNat(u16),
+    DelRevNat(u16),
+}
+
+impl Op {
+    fn frontend(&self) -> Option<L4Addr> {
+        match self {
+            Op::PutService(fe, _) | Op::DelService(fe, _) => Some(*fe),
+            _ => None,
+        }
+    }
+}
+
+type FailRule = Box<dyn FnMut(&Op) -> bool>;
+
+/// lb4_services, lb4_backends and lb4_reverse_nat as BTreeMaps, with the
+/// kernel's behaviour on a full hash map (E2BIG for a new key) and injectable
+/// failures.
+struct FakeMaps {
+    services: BTreeMap<Lb4Key, Lb4Service>,
+    backends: BTreeMap<u32, Lb4Backend>,
+    /// Keyed by the host-order index, as the trait passes it.
+    rev_nat: BTreeMap<u16, Lb4ReverseNat>,
+    cap: Capacity,
+    /// Every write attempted, failed ones included.
+    ops: Vec<Op>,
+    /// The writes that failed.
+    failed: Vec<Op>,
+    /// Datapath invariant violations seen after any write.
+    violations: Vec<String>,
+    /// Makes a write fail (EIO) when it returns true.
+    fail_if: Option<FailRule>,
+    /// Check the invariant after every write (off for huge services).
+    checking: bool,
+}
+
+fn io_err(map: &'static str, op: &'static str, errno: i32) -> MapWriteError {
+    MapWriteError {
+        map,
+        op,
+        source: io::Error::from_raw_os_error(errno),
+    }
+}
+
+impl FakeMaps {
+    fn new() -> Self {
+        Self::with_capacity(1024, 1024, 1024)
+    }
+
+    fn with_capacity(services: usize, backends: usize, rev_nat: usize) -> Self {
+        FakeMaps {
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            rev_nat: BTreeMap::new(),
+            cap: Capacity {
+                services,
+                backends,
+                rev_nat,
+            },
+            ops: Vec::new(),
+            failed: Vec::new(),
+            violations: Vec::new(),
+            fail_if: None,
+            checking: true,
+        }
+    }
+
+    /// The first write matching `pred` fails; later ones go through.
+    fn fail_once(&mut self, pred: impl Fn(&Op) -> bool + 'static) {
+        let mut fired = false;
+        self.fail_if = Some(Box::new(move |op| {
+            if !fired && pred(op) {
+                fired = true;
+                true
+            } else {
+                false
+            }
+        }));
+    }
+
+    /// Write number `n` (0-based, counted from now) fails; with `sticky`, every
+    /// write after it fails too.
+    fn fail_at(&mut self, n: usize, sticky: bool) {
+        let mut seen = 0usize;
+        self.fail_if = Some(Box::new(move |_| {
+            let this = seen;
+            seen += 1;
+            this == n || (sticky && this > n)
+        }));
+    }
+
+    fn heal(&mut self) {
+        self.fail_if = None;
+    }
+
+    fn take_ops(&mut self) -> Vec<Op> {
+        self.failed.clear();
+        std::mem::take(&mut self.ops)
+    }
+
+    /// Logs a write and decides whether it fails.
+    fn attempt(
+        &mut self,
+        op: Op,
+        map: &'static str,
+        what: &'static str,
+    ) -> Result<(), MapWriteError> {
+        self.ops.push(op.clone());
+        if self.fail_if.as_mut().is_some_and(|f| f(&op)) {
+            self.failed.push(op);
+            return Err(io_err(map, what, libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// What a connect() may rely on at any moment: a frontend with count n has
+    /// slots 1..=n, each naming a backend that exists, and its reverse-NAT
+    /// entry exists and names the frontend.
+    fn check_invariant(&mut self, after: &Op) {
+        if !self.checking {
+            return;
+        }
+        let mut problems = Vec::new();
+        for (k, v) in &self.services {
+            if k.backend_slot != 0 {
+                continue;
+            }
+            let Some(fe) = lb4_services::frontend_of(k) else {
+                problems.push(format!("frontend key with unknown protocol: {k:?}"));
+                continue;
+            };
+            for slot in 1..=v.count {
+                match self.services.get(&lb4_services::key(&fe, slot)) {
+                    None => problems.push(format!(
+                        "{fe}: count {} but slot {slot} is missing",
+                        v.count
+                    )),
+                    Some(s) if !self.backends.contains_key(&s.backend_id) => {
+                        problems.push(format!(
+                            "{fe}: slot {slot} names backend {} which is not in lb4_backends",
+                            s.backend_id
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let rn = lb4_services::rev_nat_of(v);
+            match self.rev_nat.get(&rn) {
+                None => problems.push(format!("{fe}: rev_nat {rn} is not in lb4_reverse_nat")),
+                Some(r) if lb4_reverse_nat::addr_of(r) != (fe.ip, fe.port) => problems.push(
+                    format!("{fe}: rev_nat {rn} names {:?}", lb4_reverse_nat::addr_of(r)),
+                ),
+                Some(_) => {}
+            }
+        }
+        let n = self.ops.len();
+        self.violations.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("after write #{n} ({after:?}): {p}")),
+        );
+    }
+
+    #[track_caller]
+    fn assert_no_violations(&self) {
+        assert!(
+            self.violations.is_empty(),
+            "datapath invariant violated:\n{}",
+            self.violations.join("\n")
+        );
+    }
+
+    /// The invariant plus what a completed reconcile leaves: no slot beyond a
+    /// frontend's count, no slot without a frontend, slots carry their
+    /// frontend's rev_nat, and no backend or reverse-NAT entry nobody uses.
+    #[track_caller]
+    fn assert_clean(&self) {
+        self.assert_no_violations();
+        let mut counts = BTreeMap::new();
+        for (k, v) in &self.services {
+            if k.backend_slot == 0 {
+                counts.insert(
+                    lb4_services::frontend_of(k).unwrap(),
+                    (v.count, v.rev_nat_index),
+                );
+            }
+        }
+        let mut used_backends = BTreeSet::new();
+        let mut used_rev_nat = BTreeSet::new();
+        for (k, v) in &self.services {
+            let fe = lb4_services::frontend_of(k).unwrap();
+            let (count, rn) = counts
+                .get(&fe)
+                .copied()
+                .unwrap_or_else(|| panic!("{fe}: slot {} without a frontend", k.backend_slot));
+            assert_eq!(v.rev_nat_index, rn, "{fe}: slot {} rev_nat", k.backend_slot);
+            if k.backend_slot == 0 {
+                used_rev_nat.insert(lb4_services::rev_nat_of(v));
+            } else {
+                assert!(
+                    k.backend_slot <= count,
+                    "{fe}: slot {} beyond count {count}",
+                    k.backend_slot
+                );
+                used_backends.insert(v.backend_id);
+            }
+        }
+        let backends: BTreeSet<u32> = self.backends.keys().copied().collect();
+        assert_eq!(backends, used_backends, "backends nobody uses");
+        let rev_nat: BTreeSet<u16> = self.rev_nat.keys().copied().collect();
+        assert_eq!(rev_nat, used_rev_nat, "reverse-NAT entries nobody uses");
+    }
+
+    /// The service at `fe` as the datapath sees it.
+    fn view(&self, fe: &L4Addr) -> Option<View> {
+        let v = self.services.get(&lb4_services::key(fe, 0))?;
+        let ids: Vec<u32> = (1..=v.count)
+            .map(|s| self.services[&lb4_services::key(fe, s)].backend_id)
+            .collect();
+        Some(View {
+            count: v.count,
+            rev_nat: lb4_services::rev_nat_of(v),
+            backends: ids
+                .iter()
+                .map(|id| lb4_backends::addr_of(&self.backends[id]).unwrap())
+                .collect(),
+            ids,
+        })
+    }
+
+    /// Every slot key present for `fe`, 0 included.
+    fn slot_keys(&self, fe: &L4Addr) -> Vec<u16> {
+        self.services
+            .keys()
+            .filter(|k| lb4_services::frontend_of(k) == Some(*fe))
+            .map(|k| k.backend_slot)
+            .collect()
+    }
+
+    fn backend_id(&self, addr: &L4Addr) -> Option<u32> {
+        self.backends
+            .iter()
+            .find(|(_, v)| lb4_backends::addr_of(v) == Some(*addr))
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether any slot of any service names backend `id`.
+    fn slot_names(&self, id: u32) -> bool {
+        self.services
+            .iter()
+            .any(|(k, v)| k.backend_slot != 0 && v.backend_id == id)
+    }
+
+    fn picture(&self) -> Programmed {
+        Programmed::from_entries(
+            self.services.iter().map(|(k, v)| (*k, *v)),
+            self.backends.iter().map(|(k, v)| (*k, *v)),
+        )
+    }
+}
+
+fn put_limited<K: Ord + Copy, V: Copy>(
+    map: &mut BTreeMap<K, V>,
+    cap: usize,
+    key: K,
+    value: V,
+    name: &'static str,
+) -> Result<(), MapWriteError> {
+    if !map.contains_key(&key) && map.len() >= cap {
+        return Err(io_err(name, "update", libc::E2BIG));
+    }
+    map.insert(key, value);
+    Ok(())
+}
+
+impl LbMapWriter for FakeMaps {
+    fn put_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<(), MapWriteError> {
+        let fe = lb4_services::frontend_of(key).expect("the reconciler writes TCP/UDP only");
+        let op = Op::PutService(fe, key.backend_slot);
+        self.attempt(op.clone(), MAP_LB4_SERVICES, "update")?;
+        let r = put_limited(
+            &mut self.services,
+            self.cap.services,
+            *key,
+            *value,
+            MAP_LB4_SERVICES,
+        );
+        self.check_invariant(&op);
+        r
+    }
+    fn del_service(&mut self, key: &Lb4Key) -> Result<(), MapWriteError> {
+        let fe = lb4_services::frontend_of(key).expect("the reconciler writes TCP/UDP only");
+        let op = Op::DelService(fe, key.backend_slot);
+        self.attempt(op.clone(), MAP_LB4_SERVICES, "delete")?;
+        self.services.remove(key);
+        self.check_invariant(&op);
+        Ok(())
+    }
+    fn put_backend(&mut self, id: u32, value: &Lb4Backend) -> Result<(), MapWriteError> {
+        assert_ne!(id, 0, "backend id 0 means 'no backend' in the datapath");
+        let op = Op::PutBackend(id, lb4_backends::addr_of(value).expect("TCP/UDP"));
+        self.attempt(op.clone(), MAP_LB4_BACKENDS, "update")?;
+        let r = put_limited(
+            &mut self.backends,
+            self.cap.backends,
+            id,
+            *value,
+            MAP_LB4_BACKENDS,
+        );
+        self.check_invariant(&op);
+        r
+    }
+    fn del_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
+        let op = Op::DelBackend(id);
+        self.attempt(op.clone(), MAP_LB4_BACKENDS, "delete")?;
+        self.backends.remove(&id);
+        self.check_invariant(&op);
+        Ok(())
+    }
+    fn put_rev_nat(&mut self, index: u16, value: &Lb4ReverseNat) -> Result<(), MapWriteError> {
+        assert_ne!(index, 0, "rev_nat index 0 means 'none'");
+        let op = Op::PutRevNat(index);
+        self.attempt(op.clone(), MAP_LB4_REVERSE_NAT, "update")?;
+        let r = put_limited(
+            &mut self.rev_nat,
+            self.cap.rev_nat,
+            index,
+            *value,
+            MAP_LB4_REVERSE_NAT,
+        );
+        self.check_invariant(&op);
+        r
+    }
+    fn del_rev_nat(&mut self, index: u16) -> Result<(), MapWriteError> {
+        let op = Op::DelRevNat(index);
+        self.attempt(op.clone(), MAP_LB4_REVERSE_NAT, "delete")?;
+        self.rev_nat.remove(&index);
+        self.check_invariant(&op);
+        Ok(())
+    }
+    fn capacity(&self) -> Capacity {
+        self.cap
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct View {
+    count: u16,
+    rev_nat: u16,
+    backends: Vec<L4Addr>,
+    ids: Vec<u32>,
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Frontend 10.96.0.n:80/TCP.
+fn fe(n: u8) -> L4Addr {
+    L4Addr {
+        ip: Ipv4Addr::new(10, 96, 0, n),
+        port: 80,
+        proto: Proto::Tcp,
+    }
+}
+
+/// Backend 10.244.0.n:8080/TCP.
+fn be(n: u8) -> L4Addr {
+    L4Addr {
+        ip: Ipv4Addr::new(10, 244, 0, n),
+        port: 8080,
+        proto: Proto::Tcp,
+    }
+}
+
+fn bes(ns: &[u8]) -> Vec<L4Addr> {
+    ns.iter().map(|n| be(*n)).collect()
+}
+
+/// Service "default/NAME" at `frontend` with active backends be(n) for n in `backends`.
+fn svc(name: &str, frontend: L4Addr, backends: &[u8]) -> DesiredService {
+    svc_at(name, frontend, &bes(backends))
+}
+
+fn svc_at(name: &str, frontend: L4Addr, backends: &[L4Addr]) -> DesiredService {
+    DesiredService {
+        name: format!("default/{name}"),
+        frontend,
+        kind: ServiceKind::ClusterIP,
+        backends: backends
+            .iter()
+            .map(|b| (*b, BackendState::Active))
+            .collect(),
+    }
+}
+
+fn fresh() -> (Reconciler, FakeMaps) {
+    (Reconciler::new(Programmed::default()), FakeMaps::new())
+}
+
+/// Reconciles and checks the invariant held after every write.
+#[track_caller]
+fn reconcile(rec: &mut Reconciler, maps: &mut FakeMaps, desired: &[DesiredService]) -> Report {
+    let report = rec.reconcile(desired, maps);
+    maps.assert_no_violations();
+    report
+}
+
+/// Reconciles, expecting no error, and checks the result is clean and exactly
+/// what the reconciler believes.
+#[track_caller]
+fn reconcile_ok(rec: &mut Reconciler, maps: &mut FakeMaps, desired: &[DesiredService]) -> Report {
+    let report = reconcile(rec, maps, desired);
+    assert!(report.errors.is_empty(), "errors: {:#?}", report.errors);
+    maps.assert_clean();
+    assert_eq!(
+        &maps.picture(),
+        rec.programmed(),
+        "picture differs from the maps"
+    );
+    report
+}
+
+fn counts(r: &Report) -> (usize, usize, usize, usize) {
+    (
+        r.services_written,
+        r.services_removed,
+        r.backends_added,
+        r.backends_removed,
+    )
+}
+
+#[track_caller]
+fn assert_error_mentions(report: &Report, needles: &[&str]) {
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| needles.iter().all(|n| e.contains(n))),
+        "no error mentions all of {needles:?}; errors: {:#?}",
+        report.errors
+    );
+}
+
+/// The datapath serves exactly `desired`: backends as sets (slot order is the
+/// reconciler's business), and no other frontend.
+#[track_caller]
+fn assert_serves(maps: &FakeMaps, desired: &[DesiredService]) {
+    for s in desired {
+        let v = maps
+            .view(&s.frontend)
+            .unwrap_or_else(|| panic!("{} not programmed", s.name));
+        let got: BTreeSet<L4Addr> = v.backends.iter().copied().collect();
+        let want: BTreeSet<L4Addr> = s.backends.iter().map(|(a, _)| *a).collect();
+        assert_eq!(got, want, "{}", s.name);
+        assert_eq!(v.count as usize, want.len(), "{}", s.name);
+    }
+    let frontends = maps.services.keys().filter(|k| k.backend_slot == 0).count();
+    assert_eq!(frontends, desired.len(), "frontends in the map");
+}
+
+// ---------------------------------------------------------------------------
+// Reconcile
+// ---------------------------------------------------------------------------
+
+#[test]
+fn fresh_programming_of_several_services() {
+    let (mut rec, mut maps) = fresh();
+    let dns = L4Addr {
+        ip: Ipv4Addr::new(10, 96, 0, 10),
+        port: 53,
+        proto: Proto::Udp,
+    };
+    let dns_be = L4Addr {
+        ip: Ipv4Addr::new(10, 244, 0, 1), // same IP as be(1), other port and protocol
+        port: 53,
+        proto: Proto::Udp,
+    };
+    let desired = vec![
+        svc("a", fe(1), &[1, 2, 3]),
+        svc("b", fe(2), &[4, 5]),
+        svc_at("kube-dns:dns", dns, &[dns_be]),
+    ];
+    let r = reconcile_ok(&mut rec, &mut maps, &desired);
+    assert_eq!(counts(&r), (3, 0, 6, 0));
+
+    for s in &desired {
+        let v = maps.view(&s.frontend).unwrap();
+        // A fresh service takes its backends in the order given.
+        let want: Vec<L4Addr> = s.backends.iter().map(|(a, _)| *a).collect();
+        assert_eq!(v.backends, want, "{}", s.name);
+        assert_eq!(v.count as usize, want.len());
+        assert_ne!(v.rev_nat, 0);
+    }
+    assert_eq!(maps.services.len(), 3 + 6);
+    assert_eq!(maps.backends.len(), 6);
+    assert_eq!(maps.rev_nat.len(), 3);
+    let rev_nats: BTreeSet<u16> = desired
+        .iter()
+        .map(|s| maps.view(&s.frontend).unwrap().rev_nat)
+        .collect();
+    assert_eq!(rev_nats.len(), 3, "rev_nat indexes are distinct");
+    for v in maps.backends.values() {
+        assert_eq!(lb4_backends::state_of(v), Some(BackendState::Active));
+    }
+    assert_serves(&maps, &desired);
+
+    // Backends go in before any slot names them; a frontend comes after its slots.
+    let ops = maps.take_ops();
+    let first_slot = ops
+        .iter()
+        .position(|o| matches!(o, Op::PutService(..)))
+        .unwrap();
+    assert!(
+        ops[..first_slot]
+            .iter()
+            .filter(|o| matches!(o, Op::PutBackend(..)))
+            .count()
+            == 6
+    );
+    for s in &desired {
+        let fe0 = ops
+            .iter()
+            .position(|o| *o == Op::PutService(s.frontend, 0))
+            .unwrap();
+        let last_slot = ops
+            .iter()
+            .rposition(|o| matches!(o, Op::PutService(f, n) if *f == s.frontend && *n > 0))
+            .unwrap();
+        assert!(last_slot < fe0, "{}: frontend before its slots", s.name);
+    }
+}
+
+#[test]
+fn growing_keeps_positions_and_shrinking_deletes_slots_beyond_count() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2])]);
+    let first = maps.view(&fe(1)).unwrap();
+    maps.take_ops();
+
+    let r = reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3, 4])]);
+    assert_eq!(counts(&r), (1, 0, 2, 0));
+    let grown = maps.view(&fe(1)).unwrap();
+    assert_eq!(grown.count, 4);
+    assert_eq!(grown.backends, bes(&[1, 2, 3, 4]));
+    assert_eq!(
+        grown.ids[..2],
+        first.ids[..],
+        "kept backends keep id and slot"
+    );
+    assert_eq!(grown.rev_nat, first.rev_nat);
+    assert_eq!(maps.slot_keys(&fe(1)), [0, 1, 2, 3, 4]);
+    // Only the new slots and the frontend were written.
+    let ops = maps.take_ops();
+    let service_writes: Vec<&Op> = ops
+        .iter()
+        .filter(|o| matches!(o, Op::PutService(..) | Op::DelService(..)))
+        .collect();
+    assert_eq!(
+        service_writes,
+        [
+            &Op::PutService(fe(1), 3),
+            &Op::PutService(fe(1), 4),
+            &Op::PutService(fe(1), 0)
+        ]
+    );
+
+    // Drop 2 and 3: 1 stays in slot 1, 4 moves into the hole at slot 2.
+    let id1 = maps.backend_id(&be(1)).unwrap();
+    let id4 = maps.backend_id(&be(4)).unwrap();
+    let r = reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[4, 1])]);
+    assert_eq!(counts(&r), (1, 0, 0, 2));
+    let shrunk = maps.view(&fe(1)).unwrap();
+    assert_eq!(shrunk.count, 2);
+    assert_eq!(shrunk.backends, bes(&[1, 4]));
+    assert_eq!(shrunk.ids, [id1, id4], "ids survive a shrink");
+    assert_eq!(
+        maps.slot_keys(&fe(1)),
+        [0, 1, 2],
+        "slots beyond count deleted"
+    );
+    assert_eq!(maps.backend_id(&be(2)), None);
+    assert_eq!(maps.backend_id(&be(3)), None);
+
+    // Down to one, then back up.
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[4])]);
+    assert_eq!(maps.slot_keys(&fe(1)), [0, 1]);
+    assert_eq!(maps.view(&fe(1)).unwrap().backends, bes(&[4]));
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[5, 4, 6])]);
+    let v = maps.view(&fe(1)).unwrap();
+    assert_eq!(v.backends[0], be(4), "the survivor keeps slot 1");
+    assert_eq!(v.count, 3);
+    maps.assert_clean();
+}
+
+#[test]
+fn removed_backend_leaves_every_slot_and_goes_once_unreferenced() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2, 3]), svc("b", fe(2), &[2, 4])],
+    );
+    let id2 = maps.backend_id(&be(2)).unwrap();
+    assert_eq!(maps.backends.len(), 4, "a shared backend is one entry");
+
+    // 2 leaves a but stays in b.
+    let r = reconcile_ok(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 3]), svc("b", fe(2), &[2, 4])],
+    );
+    assert_eq!(counts(&r), (1, 0, 0, 0));
+    assert!(!maps.view(&fe(1)).unwrap().ids.contains(&id2));
+    assert!(maps
+        .services
+        .iter()
+        .filter(|(k, _)| lb4_services::frontend_of(k) == Some(fe(1)))
+        .all(|(_, v)| v.backend_id != id2));
+    assert_eq!(maps.backend_id(&be(2)), Some(id2), "still used by b");
+    assert_eq!(maps.view(&fe(2)).unwrap().backends, bes(&[2, 4]));
+
+    // 2 leaves b too: gone from every slot and from the map.
+    let r = reconcile_ok(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 3]), svc("b", fe(2), &[4])],
+    );
+    assert_eq!(counts(&r), (1, 0, 0, 1));
+    assert!(!maps.slot_names(id2));
+    assert!(!maps.backends.contains_key(&id2));
+    let ops = maps.take_ops();
+    assert_eq!(ops.last(), Some(&Op::DelBackend(id2)), "backends go last");
+}
+
+#[test]
+fn removed_service_takes_its_frontend_slots_and_rev_nat() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[2, 3])],
+    );
+    let a = maps.view(&fe(1)).unwrap();
+    let b = maps.view(&fe(2)).unwrap();
+    maps.take_ops();
+
+    let r = reconcile_ok(&mut rec, &mut maps, &[svc("b", fe(2), &[2, 3])]);
+    assert_eq!(counts(&r), (0, 1, 0, 1));
+    assert!(maps.slot_keys(&fe(1)).is_empty());
+    assert!(!maps.rev_nat.contains_key(&a.rev_nat));
+    assert_eq!(maps.backend_id(&be(1)), None);
+    assert_eq!(
+        maps.backend_id(&be(2)),
+        Some(a.ids[1]),
+        "shared backend kept"
+    );
+    assert_eq!(maps.view(&fe(2)), Some(b));
+
+    let ops = maps.take_ops();
+    assert_eq!(ops[0], Op::DelService(fe(1), 0), "frontend goes first");
+    assert!(
+        ops.iter().all(|o| o.frontend() != Some(fe(2))),
+        "b untouched"
+    );
+    assert!(!rec.programmed().services.contains_key(&fe(1)));
+
+    // Everything gone: the maps are empty.
+    reconcile_ok(&mut rec, &mut maps, &[]);
+    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.rev_nat.is_empty());
+}
+
+#[test]
+fn zero_backend_service_is_a_frontend_with_count_zero() {
+    let (mut rec, mut maps) = fresh();
+    let r = reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[])]);
+    assert_eq!(counts(&r), (1, 0, 0, 0));
+    let v = maps.view(&fe(1)).unwrap();
+    assert_eq!(v.count, 0);
+    assert!(maps.rev_nat.contains_key(&v.rev_nat));
+    assert_eq!(maps.slot_keys(&fe(1)), [0]);
+
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1])]);
+    assert_eq!(maps.view(&fe(1)).unwrap().count, 1);
+
+    let r = reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[])]);
+    assert_eq!(counts(&r), (1, 0, 0, 1));
+    let after = maps.view(&fe(1)).unwrap();
+    assert_eq!(after.count, 0);
+    assert_eq!(after.rev_nat, v.rev_nat);
+    assert_eq!(maps.slot_keys(&fe(1)), [0]);
+    assert!(maps.backends.is_empty());
+}
+
+fn mixed_desired() -> Vec<DesiredService> {
+    let mut terminating = svc("c", fe(3), &[6, 7]);
+    terminating.backends[1].1 = BackendState::Terminating;
+    vec![
+        svc("a", fe(1), &[1, 2, 3]),
+        svc("b", fe(2), &[3, 4, 5]),
+        terminating,
+        svc("d", fe(4), &[]),
+    ]
+}
+
+#[test]
+fn second_reconcile_with_same_input_writes_nothing() {
+    let (mut rec, mut maps) = fresh();
+    let desired = mixed_desired();
+    reconcile_ok(&mut rec, &mut maps, &desired);
+    let programmed = rec.programmed().clone();
+    maps.take_ops();
+
+    let r = reconcile_ok(&mut rec, &mut maps, &desired);
+    assert_eq!(counts(&r), (0, 0, 0, 0));
+    assert_eq!(maps.take_ops(), Vec::<Op>::new());
+
+    // Nor does the same input in another order.
+    let mut reversed = desired.clone();
+    reversed.reverse();
+    let r = reconcile_ok(&mut rec, &mut maps, &reversed);
+    assert_eq!(counts(&r), (0, 0, 0, 0));
+    assert_eq!(maps.take_ops(), Vec::<Op>::new());
+    assert_eq!(rec.programmed(), &programmed);
+}
+
+#[test]
+fn backend_state_change_rewrites_only_the_backend() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2])]);
+    let before = maps.view(&fe(1)).unwrap();
+    maps.take_ops();
+
+    let mut draining = svc("a", fe(1), &[1, 2]);
+    draining.backends[1].1 = BackendState::Terminating;
+    let r = reconcile_ok(&mut rec, &mut maps, &[draining]);
+    assert_eq!(counts(&r), (0, 0, 0, 0));
+    assert_eq!(maps.take_ops(), [Op::PutBackend(before.ids[1], be(2))]);
+    assert_eq!(
+        lb4_backends::state_of(&maps.backends[&before.ids[1]]),
+        Some(BackendState::Terminating)
+    );
+    assert_eq!(maps.view(&fe(1)), Some(before));
+}
+
+#[test]
+fn shared_backend_is_active_if_any_service_has_it_active() {
+    let (mut rec, mut maps) = fresh();
+    let mut b = svc("b", fe(2), &[1]);
+    b.backends[0].1 = BackendState::Terminating;
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1]), b.clone()]);
+    let id = maps.backend_id(&be(1)).unwrap();
+    assert_eq!(
+        lb4_backends::state_of(&maps.backends[&id]),
+        Some(BackendState::Active)
+    );
+    reconcile_ok(&mut rec, &mut maps, &[b]);
+    assert_eq!(
+        lb4_backends::state_of(&maps.backends[&id]),
+        Some(BackendState::Terminating)
+    );
+}
+
+#[test]
+fn duplicate_backends_in_a_service_take_one_slot() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 1, 2, 3])]);
+    assert_eq!(maps.view(&fe(1)).unwrap().backends, bes(&[1, 2, 3]));
+}
+
+#[test]
+fn restart_recovers_ids_and_rev_nat_without_writes() {
+    let (mut rec, mut maps) = fresh();
+    let desired = mixed_desired();
+    reconcile_ok(&mut rec, &mut maps, &desired);
+    let before = rec.programmed().clone();
+    let views: Vec<View> = desired
+        .iter()
+        .map(|s| maps.view(&s.frontend).unwrap())
+        .collect();
+    maps.take_ops();
+
+    // A new agent reads the maps back.
+    let recovered = maps.picture();
+    assert_eq!(recovered, before);
+    let mut rec = Reconciler::new(recovered);
+    let r = reconcile_ok(&mut rec, &mut maps, &desired);
+    assert_eq!(counts(&r), (0, 0, 0, 0));
+    assert_eq!(maps.take_ops(), Vec::<Op>::new());
+    assert_eq!(rec.programmed(), &before);
+    for (s, v) in desired.iter().zip(&views) {
+        assert_eq!(maps.view(&s.frontend).as_ref(), Some(v), "{}", s.name);
+    }
+
+    // What comes next gets ids and indexes nobody holds.
+    let old_backends = maps.backends.clone();
+    let old_rev_nat = maps.rev_nat.clone();
+    let mut more = desired.clone();
+    more.push(svc("e", fe(5), &[1, 8, 9]));
+    let r = reconcile_ok(&mut rec, &mut maps, &more);
+    assert_eq!(counts(&r), (1, 0, 2, 0));
+    for (id, v) in &old_backends {
+        assert_eq!(maps.backends.get(id), Some(v), "backend {id} overwritten");
+    }
+    for (idx, v) in &old_rev_nat {
+        assert_eq!(maps.rev_nat.get(idx), Some(v), "rev_nat {idx} overwritten");
+    }
+    assert!(!old_rev_nat.contains_key(&maps.view(&fe(5)).unwrap().rev_nat));
+    assert_serves(&maps, &more);
+}
+
+#[test]
+fn restart_finishes_or_cleans_an_interrupted_write() {
+    // A crash left slots and the reverse-NAT entry of fe(1) but no frontend.
+    let leftovers = || {
+        let mut maps = FakeMaps::new();
+        maps.backends
+            .insert(7, lb4_backends::value(&be(1), BackendState::Active));
+        maps.backends
+            .insert(9, lb4_backends::value(&be(2), BackendState::Active));
+        maps.rev_nat.insert(3, lb4_reverse_nat::value(&fe(1)));
+        maps.services
+            .insert(lb4_services::key(&fe(1), 1), lb4_services::slot_value(7, 3));
+        maps.services
+            .insert(lb4_services::key(&fe(1), 2), lb4_services::slot_value(9, 3));
+        let p = maps.picture();
+        let s = &p.services[&fe(1)];
+        assert!(!s.has_frontend);
+        assert_eq!(s.rev_nat, 3);
+        (Reconciler::new(p), maps)
+    };
+
+    let (mut rec, mut maps) = leftovers();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
+    let v = maps.view(&fe(1)).unwrap();
+    assert_eq!(v.rev_nat, 3);
+    assert_eq!(v.ids[..2], [7, 9]);
+    assert_eq!(v.backends, bes(&[1, 2, 3]));
+
+    let (mut rec, mut maps) = leftovers();
+    reconcile_ok(&mut rec, &mut maps, &[]);
+    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.rev_nat.is_empty());
+}
+
+#[test]
+fn restart_after_a_crash_between_slots_and_frontend_finishes_the_write() {
+    // Growing a from 3 to 4 backends: backend and slot 4 were written, then the
+    // agent died before the frontend (count still 3).
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
+    let rn = maps.view(&fe(1)).unwrap().rev_nat;
+    maps.backends
+        .insert(40, lb4_backends::value(&be(4), BackendState::Active));
+    maps.services.insert(
+        lb4_services::key(&fe(1), 4),
+        lb4_services::slot_value(40, rn),
+    );
+    assert_eq!(maps.view(&fe(1)).unwrap().count, 3);
+
+    let mut rec = Reconciler::new(maps.picture());
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3, 4])]);
+    let v = maps.view(&fe(1)).unwrap();
+    assert_eq!(v.count, 4, "the frontend must be brought to the slots");
+    assert_eq!(v.backends, bes(&[1, 2, 3, 4]));
+
+    // Shrinking, the agent died after the frontend but before deleting slot 4;
+    // then the backend came back.
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
+    let f = maps.services[&lb4_services::key(&fe(1), 0)];
+    maps.services.insert(
+        lb4_services::key(&fe(1), 0),
+        lb4_services::frontend_value(2, lb4_services::rev_nat_of(&f), 0),
+    );
+    let mut rec = Reconciler::new(maps.picture());
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
+    assert_eq!(maps.view(&fe(1)).unwrap().count, 3);
+}
+
+/// Slots are u16: a service can have 65535 backends, and the slot after the
+/// last must not overflow.
+#[test]
+fn service_with_as_many_backends_as_slots() {
+    let n = u16::MAX as usize;
+    let addrs: Vec<L4Addr> = (0..=n as u32)
+        .map(|i| L4Addr {
+            ip: Ipv4Addr::from(0x0af4_0000 + i),
+            port: 8080,
+            proto: Proto::Tcp,
+        })
+        .collect();
+    let mut maps = FakeMaps::with_capacity(n + 1, n, 16);
+    maps.checking = false; // O(n) per write
+    for (i, a) in addrs[..n].iter().enumerate() {
+        maps.backends
+            .insert(i as u32 + 1, lb4_backends::value(a, BackendState::Active));
+    }
+    let mut rec = Reconciler::new(maps.picture());
+
+    let r = rec.reconcile(&[svc_at("big", fe(1), &addrs[..n])], &mut maps);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    maps.checking = true;
+    maps.check_invariant(&Op::PutService(fe(1), 0));
+    maps.assert_clean();
+    assert_eq!(maps.view(&fe(1)).unwrap().count, u16::MAX);
+
+    // One too many: refused, and what is programmed stays.
+    maps.take_ops();
+    maps.checking = false;
+    let r = rec.reconcile(&[svc_at("big", fe(1), &addrs)], &mut maps);
+    assert_error_mentions(&r, &["default/big", "65536 backends", "at most 65535"]);
+    assert!(maps.take_ops().is_empty());
+
+    // One fewer: the last slot moves into slot 1 and goes.
+    maps.checking = false;
+    let r = rec.reconcile(&[svc_at("big", fe(1), &addrs[1..n])], &mut maps);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    maps.checking = true;
+    maps.check_invariant(&Op::PutService(fe(1), 0));
+    maps.assert_clean();
+    let v = maps.view(&fe(1)).unwrap();
+    assert_eq!(v.count, u16::MAX - 1);
+    assert_eq!(v.backends[0], addrs[n - 1]);
+    assert_eq!(maps.slot_keys(&fe(1)).last(), Some(&(u16::MAX - 1)));
+}
+
+#[test]
+fn from_entries_leaves_what_it_cannot_read_alone() {
+    let mut maps = FakeMaps::new();
+    maps.backends
+        .insert(1, lb4_backends::value(&be(1), BackendState::Active));
+    let mut quarantined = lb4_backends::value(&be(2), BackendState::Active);
+    quarantined.flags = lash_common::BE_STATE_QUARANTINED;
+    maps.backends.insert(2, quarantined);
+    let mut icmp = lb4_services::key(&fe(1), 0);
+    icmp.proto = 1;
+    maps.services
+        .insert(icmp, lb4_services::frontend_value(0, 5, 0));
+    maps.services.insert(
+        lb4_services::key(&fe(2), 0),
+        lb4_services::frontend_value(1, 4, 0),
+    );
+    maps.services
+        .insert(lb4_services::key(&fe(2), 1), lb4_services::slot_value(1, 4));
+    let p = maps.picture();
+    assert_eq!(p.backends.keys().copied().collect::<Vec<_>>(), [be(1)]);
+    assert_eq!(p.services.keys().copied().collect::<Vec<_>>(), [fe(2)]);
+    let s = &p.services[&fe(2)];
+    assert!(s.has_frontend);
+    assert_eq!((s.rev_nat, s.slots.clone()), (4, BTreeMap::from([(1, 1)])));
+}
+
+#[test]
+fn frontend_clash_first_name_wins() {
+    let (mut rec, mut maps) = fresh();
+    // "b" comes first in the input, "a" first by name.
+    let desired = [svc("b", fe(1), &[2]), svc("a", fe(1), &[1])];
+    let r = reconcile(&mut rec, &mut maps, &desired);
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_error_mentions(
+        &r,
+        &[
+            "default/b",
+            "10.96.0.1:80/TCP",
+            "already taken by default/a",
+        ],
+    );
+    maps.assert_clean();
+    assert_eq!(maps.view(&fe(1)).unwrap().backends, bes(&[1]));
+    assert_eq!(
+        maps.backend_id(&be(2)),
+        None,
+        "the loser's backends are not written"
+    );
+
+    // Stable: the same input again changes nothing and says so again.
+    maps.take_ops();
+    let r = reconcile(&mut rec, &mut maps, &desired);
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(maps.take_ops(), Vec::<Op>::new());
+}
+
+#[test]
+fn map_full_service_is_reported_and_nothing_of_it_written() {
+    let mut maps = FakeMaps::with_capacity(5, 1024, 1024);
+    let mut rec = Reconciler::new(Programmed::default());
+    // a: 3 entries, b: 4 (does not fit after a), c: 2 (fits).
+    let desired = [
+        svc("a", fe(1), &[1, 2]),
+        svc("b", fe(2), &[3, 4, 5]),
+        svc("c", fe(3), &[6]),
+    ];
+    let r = reconcile(&mut rec, &mut maps, &desired);
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_error_mentions(
+        &r,
+        &["default/b", "10.96.0.2:80/TCP", "maps full", "lb4_services"],
+    );
+    maps.assert_clean();
+    assert_serves(&maps, &[desired[0].clone(), desired[2].clone()]);
+    assert!(maps.slot_keys(&fe(2)).is_empty());
+    for b in [3, 4, 5] {
+        assert_eq!(maps.backend_id(&be(b)), None);
+    }
+    assert_eq!(maps.rev_nat.len(), 2);
+    assert!(
+        maps.failed.is_empty() && !maps.ops.iter().any(|o| o.frontend() == Some(fe(2))),
+        "a service that does not fit is not attempted"
+    );
+}
+
+#[test]
+fn map_full_on_backends_counts_shared_backends_once() {
+    let mut maps = FakeMaps::with_capacity(1024, 3, 1024);
+    let mut rec = Reconciler::new(Programmed::default());
+    let r = reconcile(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[3, 4])],
+    );
+    assert_error_mentions(&r, &["default/b", "maps full", "lb4_backends"]);
+    maps.assert_clean();
+    assert!(maps.view(&fe(2)).is_none());
+
+    // Sharing 2 with a, b needs one more backend only: it fits.
+    reconcile_ok(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[2, 3])],
+    );
+    assert_eq!(maps.backends.len(), 3);
+}
+
+#[test]
+fn map_full_on_rev_nat() {
+    let mut maps = FakeMaps::with_capacity(1024, 1024, 1);
+    let mut rec = Reconciler::new(Programmed::default());
+    let r = reconcile(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1]), svc("b", fe(2), &[2])],
+    );
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_error_mentions(&r, &["default/b", "maps full"]);
+    maps.assert_clean();
+    assert!(maps.view(&fe(1)).is_some() && maps.view(&fe(2)).is_none());
+}
+
+#[test]
+fn programmed_service_that_no_longer_fits_keeps_its_programming() {
+    let mut maps = FakeMaps::with_capacity(6, 1024, 1024);
+    let mut rec = Reconciler::new(Programmed::default());
+    reconcile_ok(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[3, 4])],
+    );
+    let b_before = maps.view(&fe(2)).unwrap();
+    maps.take_ops();
+
+    // b grows to 4 entries: 3 + 4 > 6.
+    let r = reconcile(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[3, 4, 5])],
+    );
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_error_mentions(&r, &["default/b", "maps full"]);
+    maps.assert_clean();
+    assert_eq!(
+        maps.view(&fe(2)),
+        Some(b_before.clone()),
+        "b keeps what it had"
+    );
+    assert_eq!(maps.backend_id(&be(5)), None);
+    assert_eq!(maps.take_ops(), Vec::<Op>::new(), "nothing to write");
+
+    // Once a is gone there is room.
+    reconcile_ok(&mut rec, &mut maps, &[svc("b", fe(2), &[3, 4, 5])]);
+    let b = maps.view(&fe(2)).unwrap();
+    assert_eq!(b.backends, bes(&[3, 4, 5]));
+    assert_eq!(b.ids[..2], b_before.ids[..]);
+    assert_eq!(b.rev_nat, b_before.rev_nat);
+}
+
+#[test]
+fn kept_service_counts_against_capacity() {
+    // a keeps 4 entries it no longer fits into; b holds 2; c (3) would need 9 of 8.
+    let mut maps = FakeMaps::with_capacity(8, 1024, 1024);
+    let mut rec = Reconciler::new(Programmed::default());
+    reconcile_ok(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2, 3]), svc("b", fe(2), &[4])],
+    );
+    maps.take_ops();
+
+    let desired = [
+        svc("a", fe(1), &[1, 2, 3, 10, 11, 12, 13, 14]),
+        svc("b", fe(2), &[4]),
+        svc("c", fe(3), &[5, 6]),
+    ];
+    let r = reconcile(&mut rec, &mut maps, &desired);
+    assert_error_mentions(&r, &["default/a", "maps full"]);
+    assert_error_mentions(&r, &["default/c", "maps full"]);
+    maps.assert_clean();
+    assert!(maps.view(&fe(3)).is_none());
+    assert_eq!(maps.view(&fe(1)).unwrap().backends, bes(&[1, 2, 3]));
+    // Over capacity is a steady state: it must not write (and undo) each time.
+    assert!(
+        maps.failed.is_empty(),
+        "writes that failed: {:?}",
+        maps.failed
+    );
+    assert_eq!(maps.take_ops(), Vec::<Op>::new());
+    let r = reconcile(&mut rec, &mut maps, &desired);
+    assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+    assert_eq!(maps.take_ops(), Vec::<Op>::new());
+}
+
+#[test]
+fn map_full_at_write_time_is_rolled_back() {
+    // The reconciler believes the map is empty, but something else fills it:
+    // the kernel's E2BIG must leave nothing half-written.
+    let mut maps = FakeMaps::with_capacity(4, 1024, 1024);
+    let mut rec = Reconciler::new(Programmed::default());
+    maps.services.insert(
+        lb4_services::key(
+            &L4Addr {
+                ip: Ipv4Addr::new(192, 168, 0, 1),
+                port: 1,
+                proto: Proto::Tcp,
+            },
+            5,
+        ),
+        lb4_services::slot_value(1, 1),
+    );
+    let r = reconcile(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
+    assert_error_mentions(&r, &["default/a", "lb4_services", "kept as it was"]);
+    assert!(maps.slot_keys(&fe(1)).is_empty());
+    assert!(maps.rev_nat.is_empty(), "unused rev_nat entry taken back");
+    assert!(maps.backends.is_empty(), "unused backends taken back");
+    assert!(!rec.programmed().services.contains_key(&fe(1)));
+    assert_eq!(&maps.picture().backends, &rec.programmed().backends);
+}
+
+#[test]
+fn failed_slot_write_is_reported_and_finished_next_time() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2])]);
+    let before = maps.view(&fe(1)).unwrap();
+
+    maps.fail_once(|o| *o == Op::PutService(fe(1), 4));
+    let grown = [svc("a", fe(1), &[1, 2, 3, 4, 5])];
+    let r = reconcile(&mut rec, &mut maps, &grown);
+    assert_eq!(maps.failed, [Op::PutService(fe(1), 4)]);
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_error_mentions(
+        &r,
+        &[
+            "default/a",
+            "10.96.0.1:80/TCP",
+            "os error 5",
+            "kept as it was",
+        ],
+    );
+    // The frontend was not rewritten: the datapath still sees the old service,
+    // and the slot written before the failure is taken back.
+    assert_eq!(maps.view(&fe(1)), Some(before.clone()));
+    assert_eq!(maps.slot_keys(&fe(1)), [0, 1, 2]);
+    assert_eq!(&maps.picture(), rec.programmed());
+    maps.assert_clean();
+
+    maps.heal();
+    reconcile_ok(&mut rec, &mut maps, &grown);
+    let v = maps.view(&fe(1)).unwrap();
+    assert_eq!(v.backends, bes(&[1, 2, 3, 4, 5]));
+    assert_eq!(v.ids[..2], before.ids[..]);
+}
+
+#[test]
+fn failed_write_of_a_new_service_leaves_nothing_visible() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1])]);
+    maps.fail_once(|o| *o == Op::PutService(fe(2), 2));
+    let desired = [svc("a", fe(1), &[1]), svc("b", fe(2), &[2, 3, 4])];
+    let r = reconcile(&mut rec, &mut maps, &desired);
+    assert_error_mentions(&r, &["default/b", "kept as it was"]);
+    maps.assert_clean();
+    assert!(maps.slot_keys(&fe(2)).is_empty());
+    assert_eq!(maps.rev_nat.len(), 1);
+    assert!(!rec.programmed().services.contains_key(&fe(2)));
+    assert_eq!(&maps.picture(), rec.programmed());
+
+    maps.heal();
+    reconcile_ok(&mut rec, &mut maps, &desired);
+    assert_serves(&maps, &desired);
+}
+
+#[test]
+fn failed_frontend_write_takes_back_new_slots() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1])]);
+    let before = maps.view(&fe(1)).unwrap();
+    maps.fail_once(|o| *o == Op::PutService(fe(1), 0));
+    let r = reconcile(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
+    assert_error_mentions(&r, &["default/a"]);
+    maps.assert_clean();
+    assert_eq!(maps.view(&fe(1)), Some(before));
+    assert_eq!(&maps.picture(), rec.programmed());
+    maps.heal();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
+}
+
+#[test]
+fn failed_delete_of_an_excess_slot_is_finished_next_time() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3, 4])]);
+    let id4 = maps.backend_id(&be(4)).unwrap();
+    maps.fail_once(|o| *o == Op::DelService(fe(1), 4));
+    let shrunk = [svc("a", fe(1), &[1, 2])];
+    let r = reconcile(&mut rec, &mut maps, &shrunk);
+    assert_error_mentions(&r, &["default/a"]);
+    assert_eq!(maps.view(&fe(1)).unwrap().backends, bes(&[1, 2]));
+    // Slot 4 is still there; the backend it names must be too.
+    assert_eq!(maps.slot_keys(&fe(1)), [0, 1, 2, 4]);
+    assert!(maps.backends.contains_key(&id4));
+    assert_eq!(&maps.picture(), rec.programmed());
+
+    maps.heal();
+    maps.take_ops();
+    let r = reconcile_ok(&mut rec, &mut maps, &shrunk);
+    assert_eq!(counts(&r), (1, 0, 0, 1));
+    assert_eq!(maps.slot_keys(&fe(1)), [0, 1, 2]);
+    assert!(!maps.backends.contains_key(&id4));
+}
+
+#[test]
+fn failed_removal_keeps_serving_and_is_finished_next_time() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[3])],
+    );
+    let a = maps.view(&fe(1)).unwrap();
+    maps.fail_once(|o| *o == Op::DelService(fe(1), 0));
+    let r = reconcile(&mut rec, &mut maps, &[svc("b", fe(2), &[3])]);
+    assert_error_mentions(&r, &["removing service 10.96.0.1:80/TCP", "os error 5"]);
+    maps.assert_clean();
+    assert_eq!(maps.view(&fe(1)), Some(a), "still served, whole");
+
+    // A failure half-way through the slots.
+    maps.fail_once(|o| *o == Op::DelService(fe(1), 1));
+    let r = reconcile(&mut rec, &mut maps, &[svc("b", fe(2), &[3])]);
+    assert_error_mentions(&r, &["removing service 10.96.0.1:80/TCP"]);
+    assert!(maps.view(&fe(1)).is_none());
+    assert_eq!(&maps.picture(), rec.programmed());
+
+    maps.heal();
+    reconcile_ok(&mut rec, &mut maps, &[svc("b", fe(2), &[3])]);
+    assert!(maps.slot_keys(&fe(1)).is_empty());
+    assert_serves(&maps, &[svc("b", fe(2), &[3])]);
+}
+
+#[test]
+fn failed_backend_write_holds_back_only_its_services() {
+    let (mut rec, mut maps) = fresh();
+    maps.fail_once(|o| matches!(o, Op::PutBackend(_, a) if *a == be(3)));
+    let desired = [
+        svc("a", fe(1), &[1, 2]),
+        svc("b", fe(2), &[2, 3]),
+        svc("c", fe(3), &[4]),
+    ];
+    let r = reconcile(&mut rec, &mut maps, &desired);
+    assert_error_mentions(&r, &["backend 10.244.0.3:8080/TCP", "os error 5"]);
+    assert_error_mentions(&r, &["default/b", "could not be written"]);
+    maps.assert_clean();
+    assert!(maps.view(&fe(2)).is_none());
+    assert_serves(&maps, &[desired[0].clone(), desired[2].clone()]);
+
+    maps.heal();
+    reconcile_ok(&mut rec, &mut maps, &desired);
+    assert_serves(&maps, &desired);
+}
+
+/// Every write of a busy transition fails in turn, once or from then on: the
+/// invariant holds throughout, and a reconcile with working maps ends in the
+/// desired state.
+#[test]
+fn any_failed_write_is_safe_and_recovered() {
+    let start = [
+        svc("a", fe(1), &[1, 2, 3]),
+        svc("b", fe(2), &[3, 4]),
+        svc("c", fe(3), &[5]),
+        svc("e", fe(5), &[9, 10, 11, 12]),
+    ];
+    let target = [
+        svc("a", fe(1), &[2, 6, 7, 1]), // grows, loses 3
+        // b removed
+        svc("c", fe(3), &[]),      // empties
+        svc("d", fe(4), &[4, 8]),  // new, takes b's backend 4
+        svc("e", fe(5), &[12, 9]), // shrinks with a move
+    ];
+    let setup = || {
+        let (mut rec, mut maps) = fresh();
+        reconcile_ok(&mut rec, &mut maps, &start);
+        maps.take_ops();
+        (rec, maps)
+    };
+    let (mut rec, mut maps) = setup();
+    reconcile_ok(&mut rec, &mut maps, &target);
+    let writes = maps.take_ops().len();
+    assert!(writes > 20, "a busy transition: {writes} writes");
+
+    for sticky in [false, true] {
+        for n in 0..writes {
+            let (mut rec, mut maps) = setup();
+            maps.fail_at(n, sticky);
+            let r = rec.reconcile(&target, &mut maps);
+            let ctx = format!("write #{n} failing (sticky: {sticky})");
+            assert!(
+                maps.violations.is_empty(),
+                "{ctx}: {}",
+                maps.violations.join("\n")
+            );
+            assert!(!maps.failed.is_empty(), "{ctx}: nothing failed");
+            assert!(!r.errors.is_empty(), "{ctx}: failure not reported");
+
+            maps.heal();
+            let r = rec.reconcile(&target, &mut maps);
+            assert!(r.errors.is_empty(), "{ctx}: recovery errors {:?}", r.errors);
+            maps.assert_clean();
+            assert_serves(&maps, &target);
+            assert_eq!(&maps.picture(), rec.programmed(), "{ctx}");
+            maps.take_ops();
+            rec.reconcile(&target, &mut maps);
+            assert_eq!(
+                maps.take_ops(),
+                Vec::<Op>::new(),
+                "{ctx}: not settled after recovery"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// assign_slots
+// ---------------------------------------------------------------------------
+
+#[test]
+fn assign_slots_keeps_positions_of_kept_backends() {
+    assert_eq!(assign_slots(&[1, 2, 3], &[3, 2, 1]), [1, 2, 3]);
+    assert_eq!(assign_slots(&[1, 2, 3], &[1, 2, 3, 4]), [1, 2, 3, 4]);
+    assert_eq!(assign_slots(&[5, 6], &[7, 6, 5]), [5, 6, 7]);
+}
+
+#[test]
+fn assign_slots_fills_holes_with_newcomers() {
+    assert_eq!(assign_slots(&[1, 2, 3], &[1, 3, 4]), [1, 4, 3]);
+    assert_eq!(assign_slots(&[1, 2, 3, 4], &[5, 6, 4, 1]), [1, 5, 6, 4]);
+    // More newcomers than holes: the rest go at the end, in the order given.
+    assert_eq!(assign_slots(&[1, 2], &[9, 8, 2, 7]), [9, 2, 8, 7]);
+}
+
+#[test]
+fn assign_slots_compacts_from_the_tail() {
+    assert_eq!(assign_slots(&[1, 2, 3], &[1, 3]), [1, 3]);
+    assert_eq!(assign_slots(&[1, 2, 3, 4, 5], &[5, 3]), [5, 3]);
+    assert_eq!(assign_slots(&[1, 2, 3, 4, 5], &[1, 5]), [1, 5]);
+    assert_eq!(assign_slots(&[1, 2, 3, 4], &[4]), [4]);
+    assert_eq!(assign_slots(&[1, 2, 3, 4], &[1]), [1]);
+    assert_eq!(assign_slots(&[1, 2, 3, 4, 5, 6], &[2, 6, 4]), [6, 2, 4]);
+}
+
+#[test]
+fn assign_slots_dedups() {
+    assert_eq!(assign_slots(&[], &[1, 1, 2, 1]), [1, 2]);
+    assert_eq!(assign_slots(&[1, 1, 2], &[1, 2]), [1, 2]);
+    assert_eq!(assign_slots(&[2, 2], &[2, 3, 3]), [2, 3]);
+}
+
+#[test]
+fn assign_slots_empty() {
+    assert_eq!(assign_slots(&[], &[]), Vec::<u32>::new());
+    assert_eq!(assign_slots(&[1, 2, 3], &[]), Vec::<u32>::new());
+    assert_eq!(assign_slots(&[], &[3, 1, 2]), [3, 1, 2]);
+}
+
+/// For many pseudo-random inputs: the result is `new` deduplicated (as a set,
+/// same length) and every kept backend whose old slot still exists stays in it.
+#[test]
+fn assign_slots_properties() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for _ in 0..5000 {
+        let old: Vec<u32> = (0..rand(8)).map(|_| rand(10) as u32 + 1).collect();
+        let new: Vec<u32> = (0..rand(8)).map(|_| rand(10) as u32 + 1).collect();
+        let got = assign_slots(&old, &new);
+        let want: BTreeSet<u32> = new.iter().copied().collect();
+        assert_eq!(got.len(), want.len(), "{old:?} -> {new:?}: {got:?}");
+        assert_eq!(
+            got.iter().copied().collect::<BTreeSet<_>>(),
+            want,
+            "{old:?} -> {new:?}: {got:?}"
+        );
+        let mut first_pos = BTreeMap::new();
+        for (i, id) in old.iter().enumerate() {
+            first_pos.entry(*id).or_insert(i);
+        }
+        for (id, pos) in first_pos {
+            if want.contains(&id) && pos < got.len() {
+                assert_eq!(got[pos], id, "{old:?} -> {new:?}: {got:?} moved {id}");
+            }
+        }
+    }
+}

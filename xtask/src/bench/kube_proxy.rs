@@ -1,0 +1,269 @@
+//! Rules shaped as kube-proxy writes them, for the same service set: its
+//! iptables mode (iptables-restore input: KUBE-SERVICES -> KUBE-SVC-* with
+//! `statistic --mode random` -> KUBE-SEP-* DNAT) and its nftables mode (a
+//! `service-ips` verdict map, `numgen random` over endpoint chains). Written
+//! from the shape of kube-proxy's output, not its code.
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    fmt::Write as _,
+    hash::{Hash, Hasher},
+};
+
+use super::services::Svc;
+
+/// kube-proxy names chains by a hash of the service port (and endpoint): 16
+/// characters of base32. Any stable hash gives the same shape.
+fn chain_hash(parts: &[&str]) -> String {
+    const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    let mut x = h.finish() as u128 | ((parts.len() as u128) << 64);
+    let mut out = String::with_capacity(16);
+    for _ in 0..16 {
+        out.push(B32[(x & 31) as usize] as char);
+        x >>= 5;
+        if x == 0 {
+            let mut h2 = DefaultHasher::new();
+            out.hash(&mut h2);
+            x = h2.finish() as u128;
+        }
+    }
+    out
+}
+
+fn svc_chain(s: &Svc) -> String {
+    format!("KUBE-SVC-{}", chain_hash(&[&s.name, "tcp"]))
+}
+
+fn sep_chain(s: &Svc, ep: &(std::net::Ipv4Addr, u16)) -> String {
+    format!(
+        "KUBE-SEP-{}",
+        chain_hash(&[&s.name, "tcp", &format!("{}:{}", ep.0, ep.1)])
+    )
+}
+
+const POD_CIDR: &str = "10.244.0.0/16";
+
+fn iptables_service_rules(out: &mut String, s: &Svc) {
+    let svc = svc_chain(s);
+    let n = s.endpoints.len();
+    let _ = writeln!(
+        out,
+        "-A {svc} ! -s {POD_CIDR} -d {}/32 -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport {} -j KUBE-MARK-MASQ",
+        s.vip, s.name, s.port
+    );
+    for (i, ep) in s.endpoints.iter().enumerate() {
+        let sep = sep_chain(s, ep);
+        let remaining = n - i;
+        if remaining > 1 {
+            let _ = writeln!(
+                out,
+                "-A {svc} -m comment --comment \"{} -> {}:{}\" -m statistic --mode random --probability {:.11} -j {sep}",
+                s.name,
+                ep.0,
+                ep.1,
+                1.0 / remaining as f64
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "-A {svc} -m comment --comment \"{} -> {}:{}\" -j {sep}",
+                s.name, ep.0, ep.1
+            );
+        }
+    }
+    for ep in &s.endpoints {
+        let sep = sep_chain(s, ep);
+        let _ = writeln!(
+            out,
+            "-A {sep} -s {}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ",
+            ep.0, s.name
+        );
+        let _ = writeln!(
+            out,
+            "-A {sep} -p tcp -m comment --comment \"{}\" -m tcp -j DNAT --to-destination {}:{}",
+            s.name, ep.0, ep.1
+        );
+    }
+}
+
+fn kube_services_rules(out: &mut String, svcs: &[Svc]) {
+    for s in svcs {
+        let _ = writeln!(
+            out,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport {} -j {}",
+            s.vip,
+            s.name,
+            s.port,
+            svc_chain(s)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+    );
+}
+
+/// The whole nat table, as one iptables-restore input (a full sync).
+pub fn iptables_full(svcs: &[Svc]) -> String {
+    let mut out = String::with_capacity(svcs.len() * 1200);
+    out.push_str("*nat\n");
+    for c in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+    ] {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for s in svcs {
+        let _ = writeln!(out, ":{} - [0:0]", svc_chain(s));
+        for ep in &s.endpoints {
+            let _ = writeln!(out, ":{} - [0:0]", sep_chain(s, ep));
+        }
+    }
+    out.push_str(
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
+    out.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
+    out.push_str("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n");
+    out.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
+    out.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
+    out.push_str("-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n");
+    out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
+    kube_services_rules(&mut out, svcs);
+    for s in svcs {
+        iptables_service_rules(&mut out, s);
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// One service's endpoints changed from `old` to `new`: what kube-proxy's
+/// partial sync restores with --noflush. KUBE-SERVICES is rewritten whole (it
+/// always is), the service chain is refilled, the old endpoint chains go.
+pub fn iptables_change(svcs_after: &[Svc], old: &Svc, new: &Svc) -> String {
+    let mut out = String::new();
+    out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n");
+    let _ = writeln!(out, ":{} - [0:0]", svc_chain(new));
+    for ep in &new.endpoints {
+        let _ = writeln!(out, ":{} - [0:0]", sep_chain(new, ep));
+    }
+    kube_services_rules(&mut out, svcs_after);
+    iptables_service_rules(&mut out, new);
+    for ep in &old.endpoints {
+        if !new.endpoints.contains(ep) {
+            let _ = writeln!(out, "-X {}", sep_chain(old, ep));
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+fn nft_svc_chain(s: &Svc) -> String {
+    format!(
+        "service-{}-{}-tcp",
+        &chain_hash(&[&s.name, "tcp"])[..8],
+        s.name.replace(['/', ':'], "-")
+    )
+}
+
+fn nft_ep_chain(s: &Svc, ep: &(std::net::Ipv4Addr, u16)) -> String {
+    format!(
+        "endpoint-{}-{}-{}-{}",
+        &chain_hash(&[&s.name, &ep.0.to_string()])[..8],
+        s.name.replace(['/', ':'], "-"),
+        ep.0,
+        ep.1
+    )
+}
+
+fn nft_service_chains(out: &mut String, s: &Svc) {
+    let svc = nft_svc_chain(s);
+    let _ = writeln!(out, "add chain ip kube-proxy {svc}");
+    let _ = writeln!(out, "flush chain ip kube-proxy {svc}");
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {svc} ip daddr {} tcp dport {} ip saddr != {POD_CIDR} jump mark-for-masquerade",
+        s.vip, s.port
+    );
+    let arms: Vec<String> = s
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| format!("{i} : goto {}", nft_ep_chain(s, ep)))
+        .collect();
+    for ep in &s.endpoints {
+        let c = nft_ep_chain(s, ep);
+        let _ = writeln!(out, "add chain ip kube-proxy {c}");
+        let _ = writeln!(out, "flush chain ip kube-proxy {c}");
+        let _ = writeln!(
+            out,
+            "add rule ip kube-proxy {c} ip saddr {} jump mark-for-masquerade",
+            ep.0
+        );
+        let _ = writeln!(
+            out,
+            "add rule ip kube-proxy {c} meta l4proto tcp dnat to {}:{}",
+            ep.0, ep.1
+        );
+    }
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}",
+        s.endpoints.len(),
+        arms.join(", ")
+    );
+}
+
+/// The whole kube-proxy table, as one `nft -f` transaction (a full sync).
+pub fn nft_full(svcs: &[Svc]) -> String {
+    let mut out = String::with_capacity(svcs.len() * 1500);
+    out.push_str("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n");
+    out.push_str("add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }\n");
+    out.push_str("add chain ip kube-proxy mark-for-masquerade\n");
+    out.push_str("add rule ip kube-proxy mark-for-masquerade mark set mark or 0x4000\n");
+    out.push_str("add chain ip kube-proxy masquerading\n");
+    out.push_str("add rule ip kube-proxy masquerading mark and 0x4000 == 0 return\n");
+    out.push_str("add rule ip kube-proxy masquerading mark set mark xor 0x4000\n");
+    out.push_str("add rule ip kube-proxy masquerading masquerade fully-random\n");
+    out.push_str("add chain ip kube-proxy services\n");
+    out.push_str(
+        "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n",
+    );
+    out.push_str("add chain ip kube-proxy nat-output { type nat hook output priority -100 ; policy accept ; }\n");
+    out.push_str("add rule ip kube-proxy nat-output jump services\n");
+    out.push_str("add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; policy accept ; }\n");
+    out.push_str("add rule ip kube-proxy nat-prerouting jump services\n");
+    out.push_str("add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority 100 ; policy accept ; }\n");
+    out.push_str("add rule ip kube-proxy nat-postrouting jump masquerading\n");
+    for s in svcs {
+        nft_service_chains(&mut out, s);
+    }
+    for s in svcs {
+        let _ = writeln!(
+            out,
+            "add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {} }}",
+            s.vip,
+            s.port,
+            nft_svc_chain(s)
+        );
+    }
+    out
+}
+
+/// One service's endpoints changed: kube-proxy's nftables mode rewrites just
+/// that service's chain and endpoint chains, in one transaction.
+pub fn nft_change(old: &Svc, new: &Svc) -> String {
+    let mut out = String::new();
+    nft_service_chains(&mut out, new);
+    for ep in &old.endpoints {
+        if !new.endpoints.contains(ep) {
+            let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_ep_chain(old, ep));
+        }
+    }
+    out
+}

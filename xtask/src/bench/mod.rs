@@ -1,0 +1,540 @@
+//! `cargo xtask bench [--quick]`: lash against kube-proxy's iptables and
+//! nftables rules and against no translation at all, measured side by side in
+//! one run on one sandbox, and written to bench/results/latest.json.
+//!
+//! Every arm serves the same service set (services.rs): the measured Service
+//! backed by real pods, plus N background Services with 3 endpoints each. The
+//! client runs in the sandbox's node namespace pinned to CPU 0, the pods' servers
+//! on CPU 1.
+
+mod kube_proxy;
+mod services;
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader, Write},
+    net::Ipv4Addr,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use lash_tests::sandbox::{bin, Sandbox};
+use serde_json::{json, Value};
+
+use services::{Svc, POD_PORT, TARGET_PORT, TARGET_VIP};
+
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+struct Plan {
+    sizes: Vec<u32>,
+    connects: usize,
+    rr_millis: u64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Arm {
+    Baseline,
+    Iptables,
+    Nftables,
+    Lash,
+}
+
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Baseline => "baseline",
+            Arm::Iptables => "iptables",
+            Arm::Nftables => "nftables",
+            Arm::Lash => "lash",
+        }
+    }
+}
+
+const ARMS: [Arm; 4] = [Arm::Baseline, Arm::Iptables, Arm::Nftables, Arm::Lash];
+
+#[derive(Default)]
+struct Results {
+    dataplane: Vec<Value>,
+    controlplane: Vec<Value>,
+    lash: Vec<Value>,
+}
+
+fn ns_exec(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &sb.node_ns]).args(args);
+    c
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cmd` and returns its wall time in ms.
+fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    run_ok(cmd)?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+fn probe_json(sb: &Sandbox, args: &[&str]) -> anyhow::Result<Value> {
+    let mut c = Command::new(bin("lash-probe"));
+    c.arg("--cgroup").arg(&sb.cgroup);
+    c.args(["--netns", &sb.node_ns, "--cpu", &CLIENT_CPU.to_string()]);
+    c.args(args);
+    let out = run_ok(&mut c)?;
+    Ok(serde_json::from_str(out.trim())?)
+}
+
+/// Connect latency and request rate through whatever the arm programmed.
+fn measure_dataplane(sb: &Sandbox, plan: &Plan, addr: &str) -> anyhow::Result<(Value, Value)> {
+    let c = probe_json(
+        sb,
+        &["bench-connect", addr, "--count", &plan.connects.to_string()],
+    )?;
+    if c["errors"].as_u64() != Some(0) {
+        bail!("connects to {addr} failed: {c}");
+    }
+    let rr = probe_json(
+        sb,
+        &["bench-rr", addr, "--millis", &plan.rr_millis.to_string()],
+    )?;
+    Ok((c, rr))
+}
+
+/// Applies a change with `apply` and returns how long until a connect to the
+/// target reaches one of the new backends (ms), polled from the client.
+fn time_change(
+    sb: &Sandbox,
+    new_pods: &[&str],
+    apply: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let addr = format!("{TARGET_VIP}:{TARGET_PORT}");
+    let mut child = Command::new(bin("lash-probe"))
+        .arg("--cgroup")
+        .arg(&sb.cgroup)
+        .args(["--netns", &sb.node_ns, "--cpu", &CLIENT_CPU.to_string()])
+        .args(["wait-backend", &addr, "--backends", &new_pods.join(",")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("wait-backend probe: {line:?}");
+    }
+    writeln!(stdin, "go")?;
+    stdin.flush()?;
+    apply()?;
+    line.clear();
+    out.read_line(&mut line)?;
+    child.wait()?;
+    let v: Value =
+        serde_json::from_str(line.trim()).with_context(|| format!("probe said {line:?}"))?;
+    if v["ok"] != true {
+        bail!("the change never reached the datapath: {v}");
+    }
+    Ok(v["elapsed_us"].as_f64().unwrap_or(0.0) / 1e3)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = run_ok(Command::new("uname").arg("-r")).unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn pod_names(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("pod-{}", i + 1)).collect()
+}
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    let plan = if quick {
+        Plan {
+            sizes: vec![0, 1000],
+            connects: 300,
+            rr_millis: 200,
+        }
+    } else {
+        Plan {
+            sizes: vec![0, 1000, 10_000, 50_000],
+            connects: 3000,
+            rr_millis: 1000,
+        }
+    };
+    let mut sb = Sandbox::new("bench", 6).context("building the sandbox")?;
+    sb.start_pod_servers_on(Some(SERVER_CPU))?;
+    let pods: Vec<Ipv4Addr> = sb.pods.iter().map(|p| p.ip).collect();
+    let mut results = Results::default();
+    let work = sb.work.clone();
+
+    for &n in &plan.sizes {
+        eprintln!("bench: {n} background services");
+        let before = services::all(n, services::target(&pods[0..3]));
+        let after = services::all(n, services::target(&pods[3..6]));
+        let old_t = services::target(&pods[0..3]);
+        let new_t = services::target(&pods[3..6]);
+        let new_names = pod_names(3..6);
+        let new_names: Vec<&str> = new_names.iter().map(String::as_str).collect();
+        let vip = format!("{TARGET_VIP}:{TARGET_PORT}");
+
+        for arm in ARMS {
+            eprintln!("bench:   {}", arm.name());
+            let (full_ms, addr): (Option<f64>, String) = match arm {
+                Arm::Baseline => (None, format!("{}:{POD_PORT}", pods[0])),
+                Arm::Iptables => {
+                    let full = work.join("iptables.rules");
+                    std::fs::write(&full, kube_proxy::iptables_full(&before))?;
+                    let ms = timed(ns_exec(&sb, &["iptables-restore"]).arg(&full))?;
+                    (Some(ms), vip.clone())
+                }
+                Arm::Nftables => {
+                    let full = work.join("nft.rules");
+                    std::fs::write(&full, kube_proxy::nft_full(&before))?;
+                    let ms = timed(ns_exec(&sb, &["nft", "-f"]).arg(&full))?;
+                    (Some(ms), vip.clone())
+                }
+                Arm::Lash => {
+                    let ms = lash_full_sync(&mut sb, &before)?;
+                    (Some(ms), vip.clone())
+                }
+            };
+            let stats_before = if arm == Arm::Lash {
+                Some(BpfStats::enable()?)
+            } else {
+                None
+            };
+            let (c, rr) = measure_dataplane(&sb, &plan, &addr)?;
+            let per_call = match stats_before {
+                Some(s) => Some(s.finish(&sb)?),
+                None => None,
+            };
+            results.dataplane.push(json!({
+                "services": n, "arm": arm.name(),
+                "connect_p50_us": c["p50_us"], "connect_p99_us": c["p99_us"],
+                "rr_per_s": rr["rate_per_s"],
+            }));
+
+            // One endpoint change at this size, until the datapath shows it.
+            let one_change = match arm {
+                Arm::Baseline => None,
+                Arm::Iptables => {
+                    let f = work.join("iptables.change");
+                    std::fs::write(&f, kube_proxy::iptables_change(&after, &old_t, &new_t))?;
+                    let ms = time_change(&sb, &new_names, || {
+                        run_ok(ns_exec(&sb, &["iptables-restore", "--noflush"]).arg(&f)).map(drop)
+                    })?;
+                    // Back to an empty nat table for the next arm.
+                    let empty = work.join("iptables.empty");
+                    std::fs::write(&empty, "*nat\nCOMMIT\n")?;
+                    run_ok(ns_exec(&sb, &["iptables-restore"]).arg(&empty))?;
+                    Some(ms)
+                }
+                Arm::Nftables => {
+                    let f = work.join("nft.change");
+                    std::fs::write(&f, kube_proxy::nft_change(&old_t, &new_t))?;
+                    let ms = time_change(&sb, &new_names, || {
+                        run_ok(ns_exec(&sb, &["nft", "-f"]).arg(&f)).map(drop)
+                    })?;
+                    run_ok(&mut ns_exec(
+                        &sb,
+                        &["nft", "delete", "table", "ip", "kube-proxy"],
+                    ))?;
+                    Some(ms)
+                }
+                Arm::Lash => {
+                    let target_yaml = lash_manifest(std::slice::from_ref(&new_t));
+                    let ms = time_change(&sb, &new_names, || {
+                        sb.write_manifest("target.yaml", &target_yaml)
+                    })?;
+                    let pid = sb.agent_pid().unwrap_or(0);
+                    let rss = rss_mib(pid);
+                    let map_mem = map_memory_mib(&sb.bpf_root);
+                    results.lash.push(json!({
+                        "services": n, "agent_rss_mib": rss, "bpf_map_mib": map_mem,
+                        "bpf_ns_per_connect": per_call,
+                    }));
+                    sb.stop_agent(false)?;
+                    let _ = std::fs::remove_dir_all(&sb.bpf_root);
+                    Some(ms)
+                }
+            };
+            if arm != Arm::Baseline {
+                results.controlplane.push(json!({
+                    "services": n, "arm": arm.name(), "full_sync_ms": full_ms, "one_change_ms": one_change,
+                }));
+            }
+        }
+    }
+    drop(sb);
+    report(&results, quick)
+}
+
+/// Writes the service set as manifests (bulk files of 1000 services, the
+/// target alone in its own file) and starts a fresh agent on them. Returns the
+/// time from start until the agent reports its first full sync.
+fn lash_full_sync(sb: &mut Sandbox, svcs: &[Svc]) -> anyhow::Result<f64> {
+    let dir = sb.manifests();
+    for e in std::fs::read_dir(&dir)? {
+        std::fs::remove_file(e?.path())?;
+    }
+    let (target, rest): (Vec<&Svc>, Vec<&Svc>) = svcs.iter().partition(|s| s.vip == TARGET_VIP);
+    for (i, chunk) in rest.chunks(1000).enumerate() {
+        let owned: Vec<Svc> = chunk
+            .iter()
+            .map(|s| Svc {
+                name: s.name.clone(),
+                vip: s.vip,
+                port: s.port,
+                endpoints: s.endpoints.clone(),
+            })
+            .collect();
+        std::fs::write(dir.join(format!("bulk-{i:03}.yaml")), lash_manifest(&owned))?;
+    }
+    let t: Vec<Svc> = target
+        .iter()
+        .map(|s| Svc {
+            name: s.name.clone(),
+            vip: s.vip,
+            port: s.port,
+            endpoints: s.endpoints.clone(),
+        })
+        .collect();
+    std::fs::write(dir.join("target.yaml"), lash_manifest(&t))?;
+
+    let entries = (svcs.len() as u32 + 1) * 4;
+    let map_max = entries.next_power_of_two().max(lash_common_default());
+    let start = Instant::now();
+    sb.start_agent_timeout(
+        &["--lb-map-max", &map_max.to_string()],
+        Duration::from_secs(600),
+    )?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+fn lash_common_default() -> u32 {
+    65536
+}
+
+/// Service + EndpointSlice documents for `svcs`.
+fn lash_manifest(svcs: &[Svc]) -> String {
+    let mut out = String::with_capacity(svcs.len() * 700);
+    for s in svcs {
+        let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
+        let name = rest.split(':').next().unwrap_or(rest);
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{clusterIP: {}, ports: [{{name: http, port: {}, protocol: TCP, targetPort: http}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-x, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {POD_PORT}, protocol: TCP}}]\nendpoints:\n",
+            s.vip, s.port
+        );
+        for (ip, _) in &s.endpoints {
+            let _ = writeln!(
+                out,
+                "- {{addresses: [\"{ip}\"], conditions: {{ready: true}}}}"
+            );
+        }
+    }
+    out
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn map_memory_mib(root: &Path) -> Option<f64> {
+    let mut total = 0u64;
+    for m in [
+        "lb4_services",
+        "lb4_backends",
+        "lb4_reverse_nat",
+        "lb4_reverse_sk",
+        "lb4_affinity",
+    ] {
+        let out = run_ok(
+            Command::new("bpftool")
+                .args(["-j", "map", "show", "pinned"])
+                .arg(root.join(m)),
+        )
+        .ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        total += v["bytes_memlock"].as_u64().unwrap_or(0);
+    }
+    Some(total as f64 / 1024.0 / 1024.0)
+}
+
+/// kernel.bpf_stats_enabled for the length of one measurement, restored after.
+struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let previous = std::fs::read_to_string(path)?.trim().to_string();
+        std::fs::write(path, "1")?;
+        Ok(BpfStats { previous })
+    }
+
+    /// Average ns per run of the connect4 program attached to the sandbox cgroup.
+    fn finish(self, sb: &Sandbox) -> anyhow::Result<Option<f64>> {
+        let out = run_ok(
+            Command::new("bpftool")
+                .args(["-j", "cgroup", "show"])
+                .arg(&sb.cgroup),
+        );
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.previous);
+        let progs: Value = serde_json::from_str(&out?)?;
+        let Some(id) = progs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["attach_type"] == "cgroup_inet4_connect")
+            .and_then(|p| p["id"].as_u64())
+        else {
+            return Ok(None);
+        };
+        let info: Value = serde_json::from_str(&run_ok(Command::new("bpftool").args([
+            "-j",
+            "prog",
+            "show",
+            "id",
+            &id.to_string(),
+        ]))?)?;
+        let (ns, cnt) = (
+            info["run_time_ns"].as_f64().unwrap_or(0.0),
+            info["run_cnt"].as_f64().unwrap_or(0.0),
+        );
+        Ok((cnt > 0.0).then(|| ns / cnt))
+    }
+}
+
+fn fmt_opt(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn report(r: &Results, quick: bool) -> anyhow::Result<()> {
+    let machine = machine();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Machine: {machine}{}\n",
+        if quick { " (quick run)" } else { "" }
+    );
+    let _ = writeln!(md, "| services | arm | connect p50 µs | connect p99 µs | p50 vs baseline | req/s on one connection |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|");
+    for row in &r.dataplane {
+        let base = r
+            .dataplane
+            .iter()
+            .find(|b| b["services"] == row["services"] && b["arm"] == "baseline")
+            .and_then(|b| b["connect_p50_us"].as_f64())
+            .unwrap_or(f64::NAN);
+        let p50 = row["connect_p50_us"].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.2}× | {} |",
+            row["services"],
+            row["arm"].as_str().unwrap_or(""),
+            fmt_opt(&row["connect_p50_us"], 1),
+            fmt_opt(&row["connect_p99_us"], 1),
+            p50 / base,
+            fmt_opt(&row["rr_per_s"], 0)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| services | arm | full sync ms | one change ms (until the datapath shows it) |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|");
+    for row in &r.controlplane {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            row["services"],
+            row["arm"].as_str().unwrap_or(""),
+            fmt_opt(&row["full_sync_ms"], 1),
+            fmt_opt(&row["one_change_ms"], 1)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| services | agent RSS MiB | BPF map MiB | connect4 program ns/call |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|");
+    for row in &r.lash {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            row["services"],
+            fmt_opt(&row["agent_rss_mib"], 1),
+            fmt_opt(&row["bpf_map_mib"], 1),
+            fmt_opt(&row["bpf_ns_per_connect"], 0)
+        );
+    }
+    print!("{md}");
+
+    let max_rss = r
+        .lash
+        .iter()
+        .filter_map(|l| l["agent_rss_mib"].as_f64())
+        .fold(0.0, f64::max);
+    let json = json!({
+        "machine": machine,
+        "quick": quick,
+        "dataplane": r.dataplane,
+        "controlplane": r.controlplane,
+        "lash": r.lash,
+        "agent_rss_mib": max_rss,
+    });
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let name = if quick { "quick.json" } else { "latest.json" };
+    std::fs::write(dir.join(name), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(dir.join(name.replace(".json", ".md")), &md)?;
+    eprintln!("bench: wrote {}", dir.join(name).display());
+    Ok(())
+}
