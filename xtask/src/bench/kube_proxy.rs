@@ -152,6 +152,13 @@ pub fn iptables_change(svcs_after: &[Svc], old: &Svc, new: &Svc) -> String {
     for ep in &new.endpoints {
         let _ = writeln!(out, ":{} - [0:0]", sep_chain(new, ep));
     }
+    // Chains to delete are declared (which flushes them) first, as kube-proxy
+    // does: a chain must be empty to go.
+    for ep in &old.endpoints {
+        if !new.endpoints.contains(ep) {
+            let _ = writeln!(out, ":{} - [0:0]", sep_chain(old, ep));
+        }
+    }
     kube_services_rules(&mut out, svcs_after);
     iptables_service_rules(&mut out, new);
     for ep in &old.endpoints {
