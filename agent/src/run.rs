@@ -2,7 +2,6 @@
 //! the manifest directory says, on every change and on a slow timer.
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -12,11 +11,8 @@ use notify::Watcher as _;
 use tracing::{error, info, warn};
 
 use crate::{
-    k8s::{manifests::ManifestDir, translate},
-    lb::{
-        reconcile::{Programmed, Reconciler},
-        DesiredService,
-    },
+    k8s::{index::ServiceIndex, manifests::ManifestDir},
+    lb::reconcile::{Change, Programmed, Reconciler},
     loader::{self, MapSizes},
     maps::LbMaps,
     state::{self, AgentStatus},
@@ -32,56 +28,35 @@ pub struct RunConfig {
     pub resync: Duration,
 }
 
-/// Standalone control plane: the manifest directory and the last good
-/// translation of every Service in it.
+/// Standalone control plane: the manifest directory and its index.
 struct Control {
     source: ManifestDir,
-    /// "namespace/name" -> its frontends as last translated without error.
-    last_good: BTreeMap<String, Vec<DesiredService>>,
+    index: ServiceIndex,
+    /// Errors of files that do not parse, from the last refresh.
+    file_errors: Vec<String>,
 }
 
 impl Control {
-    /// The desired services now, and the errors met getting them.
-    fn desired(&mut self) -> (Vec<DesiredService>, Vec<String>) {
-        let snap = match self.source.load() {
-            Ok(s) => s,
+    /// Reads what changed on disk; returns the frontend changes it causes.
+    fn refresh(&mut self) -> Vec<Change> {
+        match self.source.refresh() {
+            Ok(r) => {
+                self.file_errors = r.errors;
+                self.index.apply_files(r.changed)
+            }
             Err(e) => {
                 // Keep everything as it is: an unreadable directory says nothing
                 // about what should be served.
-                let all = self.last_good.values().flatten().cloned().collect();
-                return (all, vec![e.to_string()]);
-            }
-        };
-        let mut errors = snap.errors;
-        let mut now: BTreeMap<String, Vec<DesiredService>> = BTreeMap::new();
-        for (t, file) in translate::translate(&snap.services, &snap.slices)
-            .into_iter()
-            .zip(&snap.service_files)
-        {
-            match t.result {
-                Ok(v) => {
-                    now.insert(t.service, v);
-                }
-                Err(e) => {
-                    let kept = self.last_good.get(&t.service).cloned();
-                    errors.push(format!(
-                        "{}: Service {}: {e}; {}",
-                        file.display(),
-                        t.service,
-                        if kept.is_some() {
-                            "keeping its previous programming"
-                        } else {
-                            "not programmed"
-                        }
-                    ));
-                    if let Some(k) = kept {
-                        now.insert(t.service, k);
-                    }
-                }
+                self.file_errors = vec![e.to_string()];
+                Vec::new()
             }
         }
-        self.last_good = now;
-        (self.last_good.values().flatten().cloned().collect(), errors)
+    }
+
+    fn errors(&self) -> Vec<String> {
+        let mut all = self.file_errors.clone();
+        all.extend(self.index.errors());
+        all
     }
 }
 
@@ -109,7 +84,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::new(programmed);
     let mut control = Control {
         source: ManifestDir::new(&cfg.manifests),
-        last_good: BTreeMap::new(),
+        index: ServiceIndex::default(),
+        file_errors: Vec::new(),
     };
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -139,11 +115,29 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         manifests: cfg.manifests.clone(),
         ..Default::default()
     };
-    let mut sync = |status: &mut AgentStatus| {
+    // Errors of the last full reconcile stand until the next one; an
+    // incremental apply adds its own.
+    let mut reconcile_errors: Vec<String> = Vec::new();
+    let mut full_due: Option<Instant> = None;
+    let mut sync = |full: bool, status: &mut AgentStatus, full_due: &mut Option<Instant>| {
         let started = Instant::now();
-        let (desired, mut errors) = control.desired();
-        let report = reconciler.reconcile(&desired, &mut maps);
-        errors.extend(report.errors.iter().cloned());
+        let changes = control.refresh();
+        let report = if full {
+            reconcile_errors.clear();
+            reconciler.reconcile(&control.index.desired(), &mut maps)
+        } else if changes.is_empty() {
+            Default::default()
+        } else {
+            reconciler.apply(&changes, &mut maps)
+        };
+        // A failed incremental change is retried by a full reconcile soon.
+        *full_due =
+            (!full && !report.errors.is_empty()).then(|| Instant::now() + Duration::from_secs(1));
+        reconcile_errors.extend(report.errors.iter().cloned());
+        let mut errors: Vec<String> = control.errors();
+        errors.extend(reconcile_errors.iter().cloned());
+        errors.sort();
+        errors.dedup();
         for e in &errors {
             error!("{e}");
         }
@@ -155,6 +149,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             > 0
         {
             info!(
+                full,
                 written = report.services_written,
                 removed = report.services_removed,
                 backends_added = report.backends_added,
@@ -173,22 +168,26 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             warn!("writing status to {}: {e}", cfg.state_dir.display());
         }
     };
-    sync(&mut status);
+    sync(true, &mut status, &mut full_due);
     info!(manifests = %cfg.manifests.display(), "watching for changes");
 
     let mut resync = tokio::time::interval(cfg.resync);
     resync.tick().await;
+    let mut retry = tokio::time::interval(Duration::from_millis(500));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             Some(()) = rx.recv() => {
-                // Editors write a file in several steps; let them finish, then
-                // take every event so far as one change.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // A file written in several steps sends several events; let the
+                // writer finish, then take every event so far as one change.
+                tokio::time::sleep(Duration::from_millis(2)).await;
                 while rx.try_recv().is_ok() {}
-                sync(&mut status);
+                sync(false, &mut status, &mut full_due);
             }
-            _ = resync.tick() => sync(&mut status),
+            _ = resync.tick() => sync(true, &mut status, &mut full_due),
+            _ = retry.tick(), if full_due.is_some_and(|t| Instant::now() >= t) => {
+                sync(true, &mut status, &mut full_due);
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

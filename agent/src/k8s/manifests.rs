@@ -31,7 +31,8 @@ pub struct FileObjects {
     pub slices: Vec<EndpointSlice>,
 }
 
-/// Everything the directory holds now.
+/// Everything the directory holds now (tests look at the directory this way).
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub services: Vec<Service>,
@@ -43,61 +44,156 @@ pub struct Snapshot {
     pub errors: Vec<String>,
 }
 
+/// One file's objects before and after a refresh.
+#[derive(Debug)]
+pub struct FileChange {
+    pub path: PathBuf,
+    pub old: FileObjects,
+    pub new: FileObjects,
+}
+
+/// What a refresh found: the files whose objects changed, and the errors of
+/// every file that does not parse now (changed or not).
+#[derive(Debug, Default)]
+pub struct Refresh {
+    pub changed: Vec<FileChange>,
+    pub errors: Vec<String>,
+}
+
+/// When a file was last seen as it is: a file whose stamp has not moved is not
+/// read again, so a change costs the size of the file that changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            ino: meta.ino(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: Stamp,
+    /// The last objects the file parsed to (empty if it never did).
+    objects: FileObjects,
+    /// Why the file as it is now does not parse.
+    error: Option<String>,
+}
+
 /// Reads a manifest directory, remembering each file's last good contents.
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
-    last_good: BTreeMap<PathBuf, FileObjects>,
+    files: BTreeMap<PathBuf, FileState>,
 }
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         ManifestDir {
             dir: dir.into(),
-            last_good: BTreeMap::new(),
+            files: BTreeMap::new(),
         }
     }
 
-    pub fn load(&mut self) -> Result<Snapshot, ManifestError> {
+    /// Reads what changed since the last refresh.
+    pub fn refresh(&mut self) -> Result<Refresh, ManifestError> {
         let read_dir = |source| ManifestError::ReadDir {
             dir: self.dir.clone(),
             source,
         };
-        let mut files: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .map_err(read_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_manifest(p))
-            .collect();
-        files.sort();
+        let mut present: BTreeMap<PathBuf, Stamp> = BTreeMap::new();
+        for entry in fs::read_dir(&self.dir).map_err(read_dir)? {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            if !is_manifest(&path) {
+                continue;
+            }
+            if let Ok(meta) = fs::metadata(&path) {
+                present.insert(path, Stamp::of(&meta));
+            }
+        }
 
-        let mut snap = Snapshot::default();
-        let mut seen = BTreeMap::new();
-        for path in files {
+        let mut out = Refresh::default();
+        // Deleted files take their objects with them.
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains_key(*p))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(st) = self.files.remove(&path) {
+                out.changed.push(FileChange {
+                    path,
+                    old: st.objects,
+                    new: FileObjects::default(),
+                });
+            }
+        }
+        for (path, stamp) in present {
+            if self.files.get(&path).is_some_and(|st| st.stamp == stamp) {
+                continue;
+            }
             let parsed = fs::read_to_string(&path)
                 .map_err(|e| format!("{}: {e}", path.display()))
-                .and_then(|text| parse(&text).map_err(|e| format!("{}: {e}", path.display())));
-            let objects = match parsed {
-                Ok(objs) => {
-                    self.last_good.insert(path.clone(), objs.clone());
-                    objs
+                .and_then(|text| {
+                    parse_file(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
+                });
+            let st = self.files.entry(path.clone()).or_insert(FileState {
+                stamp,
+                objects: FileObjects::default(),
+                error: None,
+            });
+            st.stamp = stamp;
+            match parsed {
+                Ok(objects) => {
+                    st.error = None;
+                    let old = std::mem::replace(&mut st.objects, objects.clone());
+                    out.changed.push(FileChange {
+                        path,
+                        old,
+                        new: objects,
+                    });
                 }
-                Err(e) => {
-                    let kept = self.last_good.get(&path).cloned().unwrap_or_default();
-                    snap.errors.push(format!(
-                        "{e} (keeping the {} objects it last gave)",
-                        kept.services.len() + kept.slices.len()
-                    ));
-                    kept
-                }
-            };
-            snap.service_files
-                .extend(objects.services.iter().map(|_| path.clone()));
-            snap.services.extend(objects.services);
-            snap.slices.extend(objects.slices);
-            seen.insert(path, ());
+                Err(e) => st.error = Some(e),
+            }
         }
-        // Deleted files take their objects with them.
-        self.last_good.retain(|p, _| seen.contains_key(p));
+        for st in self.files.values() {
+            if let Some(e) = &st.error {
+                out.errors.push(format!(
+                    "{e} (keeping the {} objects it last gave)",
+                    st.objects.services.len() + st.objects.slices.len()
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Everything the directory holds now (last good objects of broken files).
+    #[cfg(test)]
+    pub fn load(&mut self) -> Result<Snapshot, ManifestError> {
+        let refresh = self.refresh()?;
+        let mut snap = Snapshot {
+            errors: refresh.errors,
+            ..Default::default()
+        };
+        for (path, st) in &self.files {
+            snap.service_files
+                .extend(st.objects.services.iter().map(|_| path.clone()));
+            snap.services.extend(st.objects.services.iter().cloned());
+            snap.slices.extend(st.objects.slices.iter().cloned());
+        }
         Ok(snap)
     }
 }
@@ -113,46 +209,117 @@ fn is_manifest(p: &Path) -> bool {
         )
 }
 
-#[derive(Deserialize)]
-struct TypeMeta {
-    #[serde(rename = "apiVersion", default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
+/// Parses a file by its extension: JSON with serde_json (fast, what
+/// `kubectl get -o json` writes), everything else as YAML.
+pub fn parse_file(path: &Path, text: &str) -> Result<FileObjects, String> {
+    if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        parse_json(text)
+    } else {
+        parse(text)
+    }
 }
 
-/// Parses every document of a file. Kinds other than Service and EndpointSlice
-/// are skipped (a manifest directory often holds Deployments too). Any error
-/// rejects the whole file, so a file is applied all or nothing.
+/// A decoded document, YAML or JSON.
+trait Doc: Sized {
+    fn str_field(&self, key: &str) -> Option<String>;
+    fn into_items(self) -> Option<Vec<Self>>;
+    fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
+}
+
+impl Doc for serde_yaml::Value {
+    fn str_field(&self, key: &str) -> Option<String> {
+        self.get(key).and_then(|x| x.as_str()).map(str::to_string)
+    }
+    fn into_items(self) -> Option<Vec<Self>> {
+        match self {
+            serde_yaml::Value::Mapping(mut m) => match m.remove("items") {
+                Some(serde_yaml::Value::Sequence(items)) => Some(items),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        serde_yaml::from_value(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Doc for serde_json::Value {
+    fn str_field(&self, key: &str) -> Option<String> {
+        self.get(key).and_then(|x| x.as_str()).map(str::to_string)
+    }
+    fn into_items(self) -> Option<Vec<Self>> {
+        match self {
+            serde_json::Value::Object(mut m) => match m.remove("items") {
+                Some(serde_json::Value::Array(items)) => Some(items),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        serde_json::from_value(self).map_err(|e| e.to_string())
+    }
+}
+
+/// Sorts one decoded object into `out` by apiVersion and kind. Kinds other
+/// than Service and EndpointSlice are skipped (a manifest directory often holds
+/// Deployments too); a `v1` List contributes its items.
+fn add_object<V: Doc>(out: &mut FileObjects, value: V, what: &str) -> Result<(), String> {
+    let api = value.str_field("apiVersion").unwrap_or_default();
+    let kind = value.str_field("kind").unwrap_or_default();
+    match (api.as_str(), kind.as_str()) {
+        ("v1", "Service") => out.services.push(
+            value
+                .decode()
+                .map_err(|e| format!("{what} (Service): {e}"))?,
+        ),
+        ("discovery.k8s.io/v1", "EndpointSlice") => out.slices.push(
+            value
+                .decode()
+                .map_err(|e| format!("{what} (EndpointSlice): {e}"))?,
+        ),
+        (_, "List") => {
+            let list = value
+                .into_items()
+                .ok_or_else(|| format!("{what}: a List without items"))?;
+            for (i, item) in list.into_iter().enumerate() {
+                add_object(out, item, &format!("{what} item {}", i + 1))?;
+            }
+        }
+        (_, "") => return Err(format!("{what}: not a Kubernetes object (no kind)")),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses every document of a YAML file. Any error rejects the whole file, so
+/// a file is applied all or nothing.
 pub fn parse(text: &str) -> Result<FileObjects, String> {
     let mut out = FileObjects::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let n = i + 1;
-        let value =
-            serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {n}: {e}"))?;
+        let what = format!("document {}", i + 1);
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| format!("{what}: {e}"))?;
         if value.is_null() {
             continue; // empty document, e.g. a trailing `---`
         }
-        let meta: TypeMeta = serde_yaml::from_value(value.clone())
-            .map_err(|e| format!("document {n}: not a Kubernetes object: {e}"))?;
-        match (meta.api_version.as_str(), meta.kind.as_str()) {
-            ("v1", "Service") => out.services.push(
-                serde_yaml::from_value(value)
-                    .map_err(|e| format!("document {n} (Service): {e}"))?,
-            ),
-            ("discovery.k8s.io/v1", "EndpointSlice") => out.slices.push(
-                serde_yaml::from_value(value)
-                    .map_err(|e| format!("document {n} (EndpointSlice): {e}"))?,
-            ),
-            ("v1", "List") => {
-                return Err(format!(
-                    "document {n}: v1 List is not supported; use --- separated documents"
-                ))
-            }
-            (_, "") => return Err(format!("document {n}: no kind")),
-            _ => {}
+        if !value.is_mapping() {
+            return Err(format!("{what}: not a Kubernetes object (not a mapping)"));
         }
+        add_object(&mut out, value, &what)?;
     }
+    Ok(out)
+}
+
+/// Parses a JSON file: one object, or a List of them.
+pub fn parse_json(text: &str) -> Result<FileObjects, String> {
+    let mut out = FileObjects::default();
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("document 1: {e}"))?;
+    if !value.is_object() {
+        return Err("document 1: not a Kubernetes object (not an object)".into());
+    }
+    add_object(&mut out, value, "document 1")?;
     Ok(out)
 }
 
@@ -243,8 +410,44 @@ spec:
         let e = parse("- just\n- a list\n").unwrap_err();
         assert!(e.starts_with("document 1: not a Kubernetes object"), "{e}");
 
-        let e = parse("apiVersion: v1\nkind: List\nitems: []\n").unwrap_err();
+        let e = parse("apiVersion: v1\nkind: List\n").unwrap_err();
         assert!(e.contains("document 1") && e.contains("List"), "{e}");
+    }
+
+    /// `kubectl get svc,endpointslices -o yaml|json` writes a v1 List.
+    #[test]
+    fn lists_contribute_their_items_in_yaml_and_json() {
+        let yaml = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n  spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: d}\n";
+        let objs = parse(yaml).unwrap();
+        assert_eq!(names(&objs.services), ["a"]);
+        let json = r#"{"apiVersion":"v1","kind":"List","items":[
+            {"apiVersion":"v1","kind":"Service","metadata":{"name":"b"},"spec":{"clusterIP":"10.96.0.2","ports":[{"port":53,"protocol":"UDP"}]}},
+            {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"b-1","labels":{"kubernetes.io/service-name":"b"}},"addressType":"IPv4","endpoints":[]}]}"#;
+        let objs = parse_file(Path::new("x.json"), json).unwrap();
+        assert_eq!(names(&objs.services), ["b"]);
+        assert_eq!(objs.slices.len(), 1);
+        let e = parse_file(Path::new("x.json"), r#"{"kind":"List","items":[{"kind":"Service","apiVersion":"v1","spec":{"ports":"x"}}]}"#).unwrap_err();
+        assert!(e.starts_with("document 1 item 1 (Service)"), "{e}");
+    }
+
+    #[test]
+    fn refresh_reads_only_changed_files() {
+        let dir = TempDir::new("refresh");
+        dir.write("a.yaml", &service("a", "10.96.0.1"));
+        dir.write("b.yaml", &service("b", "10.96.0.2"));
+        let mut md = ManifestDir::new(&dir.0);
+        let r = md.refresh().unwrap();
+        assert_eq!(r.changed.len(), 2);
+        assert!(md.refresh().unwrap().changed.is_empty(), "nothing changed");
+        dir.write("b.yaml", &service("b", "10.96.0.3"));
+        let r = md.refresh().unwrap();
+        assert_eq!(r.changed.len(), 1);
+        assert!(r.changed[0].path.ends_with("b.yaml"));
+        assert_eq!(names(&r.changed[0].old.services), ["b"]);
+        std::fs::remove_file(dir.0.join("a.yaml")).unwrap();
+        let r = md.refresh().unwrap();
+        assert_eq!(r.changed.len(), 1);
+        assert!(r.changed[0].new.services.is_empty() && r.changed[0].old.services.len() == 1);
     }
 
     /// A fresh directory under the system temp dir, removed on drop.

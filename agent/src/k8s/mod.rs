@@ -4,5 +4,6 @@
 //!
 //! Architecture invariant: this is the only module that imports k8s-openapi.
 
+pub mod index;
 pub mod manifests;
 pub mod translate;

@@ -6,7 +6,7 @@
 //!   carries the resolved target port, so named targetPorts need nothing more;
 //! - ready endpoints only, or serving+terminating ones when none is ready.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -15,6 +15,7 @@ use crate::lb::{BackendState, DesiredService, L4Addr, Proto, ServiceKind};
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The desired services of one Kubernetes Service, or why it has none.
+#[cfg(test)]
 #[derive(Debug)]
 pub struct Translated {
     /// "namespace/name".
@@ -40,40 +41,48 @@ fn proto(p: Option<&String>) -> Result<Proto, String> {
     }
 }
 
-/// Translates every service; slices are matched by namespace and label.
-pub fn translate(services: &[Service], slices: &[EndpointSlice]) -> Vec<Translated> {
-    // (namespace, service name) -> slices
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        if s.address_type != "IPv4" {
-            continue;
-        }
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let ns = s
-            .metadata
+/// (namespace, name) of a Service.
+pub fn service_key(svc: &Service) -> (String, String) {
+    (
+        svc.metadata
             .namespace
             .clone()
-            .unwrap_or_else(|| "default".into());
-        by_service.entry((ns, svc.clone())).or_default().push(s);
+            .unwrap_or_else(|| "default".into()),
+        svc.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// (namespace, service name) a slice serves, if it is an IPv4 slice labelled
+/// with its Service.
+pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let ns = slice
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    Some((ns, svc.clone()))
+}
+
+/// Translates every service; slices are matched by namespace and label. The
+/// agent goes through `index`, which translates only what changed.
+#[cfg(test)]
+pub fn translate(services: &[Service], slices: &[EndpointSlice]) -> Vec<Translated> {
+    let mut by_service: std::collections::BTreeMap<(String, String), Vec<&EndpointSlice>> =
+        Default::default();
+    for s in slices {
+        if let Some(key) = slice_service(s) {
+            by_service.entry(key).or_default().push(s);
+        }
     }
     services
         .iter()
         .map(|svc| {
-            let ns = svc
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = svc.metadata.name.clone().unwrap_or_default();
             let slices = by_service
-                .get(&(ns, name))
+                .get(&service_key(svc))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
             Translated {
@@ -84,7 +93,11 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice]) -> Vec<Translat
         .collect()
 }
 
-fn translate_one(svc: &Service, slices: &[&EndpointSlice]) -> Result<Vec<DesiredService>, String> {
+/// The frontends of one Service, given the slices that belong to it.
+pub fn translate_one(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+) -> Result<Vec<DesiredService>, String> {
     let id = ns_name(svc.metadata.namespace.as_ref(), svc.metadata.name.as_ref());
     if svc.metadata.name.is_none() {
         return Err("metadata.name is missing".into());

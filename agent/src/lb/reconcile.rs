@@ -141,21 +141,217 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
+/// One frontend to bring to a new state: `Some` to program it as given, `None`
+/// to remove it. What [`Reconciler::apply`] takes from an incremental source.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Upsert(DesiredService),
+    Remove(L4Addr),
+}
+
 /// Owns the programmed picture and brings the maps to the desired state.
 #[derive(Debug, Default)]
 pub struct Reconciler {
     programmed: Programmed,
+    /// Backend ids and rev-NAT indexes in use, so allocation is O(log n).
+    backend_ids: BTreeSet<u32>,
+    rev_nats: BTreeSet<u16>,
     next_backend_id: u32,
     next_rev_nat: u16,
 }
 
 impl Reconciler {
     pub fn new(programmed: Programmed) -> Self {
+        let backend_ids = programmed.backends.values().map(|b| b.id).collect();
+        let rev_nats = programmed
+            .services
+            .values()
+            .map(|s| s.rev_nat)
+            .filter(|r| *r != 0)
+            .collect();
         Reconciler {
             programmed,
+            backend_ids,
+            rev_nats,
             next_backend_id: 1,
             next_rev_nat: 1,
         }
+    }
+
+    /// Records the programmed state of `fe` (None: gone), keeping the rev-NAT
+    /// index set in step. Every change to `programmed.services` goes through here.
+    fn set_service(&mut self, fe: L4Addr, svc: Option<ProgrammedService>) {
+        if let Some(old) = self.programmed.services.remove(&fe) {
+            self.rev_nats.remove(&old.rev_nat);
+        }
+        if let Some(new) = svc {
+            if new.rev_nat != 0 {
+                self.rev_nats.insert(new.rev_nat);
+            }
+            self.programmed.services.insert(fe, new);
+        }
+    }
+
+    /// Applies changes to some frontends, leaving every other one as it is.
+    /// Removals go first (they free room), then upserts in name order. Cost is
+    /// in the size of the change, plus a scan of slots for backend clean-up.
+    pub fn apply<M: LbMapWriter>(&mut self, changes: &[Change], maps: &mut M) -> Report {
+        let mut report = Report::default();
+        let mut upserts: Vec<&DesiredService> = Vec::new();
+        let mut touched_backends: BTreeSet<u32> = BTreeSet::new();
+        for c in changes {
+            if let Change::Remove(fe) = c {
+                if let Some(s) = self.programmed.services.get(fe) {
+                    touched_backends.extend(s.slots.values().copied());
+                    match self.remove_service(fe, maps) {
+                        Ok(()) => report.services_removed += 1,
+                        Err(e) => report.errors.push(format!("removing service {fe}: {e}")),
+                    }
+                }
+            } else if let Change::Upsert(d) = c {
+                upserts.push(d);
+            }
+        }
+        upserts.sort_by(|a, b| a.name.cmp(&b.name).then(a.frontend.cmp(&b.frontend)));
+        let cap = maps.capacity();
+        for d in upserts {
+            let mut uniq = BTreeSet::new();
+            let list: Vec<(L4Addr, BackendState)> = d
+                .backends
+                .iter()
+                .filter(|(a, _)| uniq.insert(*a))
+                .copied()
+                .collect();
+            let old = self.programmed.services.get(&d.frontend);
+            let old_entries = old.map_or(0, |s| usize::from(s.has_frontend) + s.slots.len());
+            let entries: usize = self
+                .programmed
+                .services
+                .values()
+                .map(|s| usize::from(s.has_frontend) + s.slots.len())
+                .sum();
+            let new_backends = list
+                .iter()
+                .filter(|(a, _)| !self.programmed.backends.contains_key(a))
+                .count();
+            let new_rev_nat = usize::from(old.is_none_or(|s| s.rev_nat == 0));
+            if list.len() > u16::MAX as usize {
+                report.errors.push(format!(
+                    "service {} ({}): {} backends, at most {} fit a service",
+                    d.name,
+                    d.frontend,
+                    list.len(),
+                    u16::MAX
+                ));
+                continue;
+            }
+            if entries - old_entries + 1 + list.len() > cap.services
+                || self.programmed.backends.len() + new_backends > cap.backends
+                || self.rev_nats.len() + new_rev_nat > cap.rev_nat.min(u16::MAX as usize)
+            {
+                report.errors.push(format!(
+                    "service {} ({}): maps full (lb4_services needs {} entries, {} of {} in use; \
+                     lb4_backends {} more, {} of {} in use); {}",
+                    d.name,
+                    d.frontend,
+                    1 + list.len(),
+                    entries,
+                    cap.services,
+                    new_backends,
+                    self.programmed.backends.len(),
+                    cap.backends,
+                    if old.is_some() {
+                        "kept as it was"
+                    } else {
+                        "not programmed"
+                    }
+                ));
+                continue;
+            }
+            if let Some(s) = old {
+                touched_backends.extend(s.slots.values().copied());
+            }
+            let mut failed = false;
+            for (addr, state) in &list {
+                // A backend shared with another service stays active while any
+                // service has it active.
+                let state = if *state == BackendState::Terminating
+                    && self.active_elsewhere(addr, &d.frontend)
+                {
+                    BackendState::Active
+                } else {
+                    *state
+                };
+                match self.put_backend(addr, state, maps) {
+                    Ok(true) => report.backends_added += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        report.errors.push(format!(
+                            "service {} ({}): backend {addr}: {e}; kept as it was",
+                            d.name, d.frontend
+                        ));
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                continue;
+            }
+            let d = DesiredService {
+                backends: list,
+                ..d.clone()
+            };
+            match self.write_service(&d, maps) {
+                Ok(true) => report.services_written += 1,
+                Ok(false) => {}
+                Err(e) => report.errors.push(format!(
+                    "service {} ({}): {e}; kept as it was",
+                    d.name, d.frontend
+                )),
+            }
+        }
+        // Backends that lost a slot in this change and are named by none now.
+        if !touched_backends.is_empty() {
+            for s in self.programmed.services.values() {
+                for id in s.slots.values() {
+                    touched_backends.remove(id);
+                }
+            }
+            let gone: Vec<(L4Addr, u32)> = self
+                .programmed
+                .backends
+                .iter()
+                .filter(|(_, b)| touched_backends.contains(&b.id))
+                .map(|(a, b)| (*a, b.id))
+                .collect();
+            for (addr, id) in gone {
+                match maps.del_backend(id) {
+                    Ok(()) => {
+                        self.programmed.backends.remove(&addr);
+                        self.backend_ids.remove(&id);
+                        report.backends_removed += 1;
+                    }
+                    Err(e) => report.errors.push(format!("removing backend {addr}: {e}")),
+                }
+            }
+        }
+        report
+    }
+
+    /// Whether a programmed service other than `except` uses `addr` while it is
+    /// programmed active. (Shared backends are rare; this scans only on a
+    /// terminating endpoint.)
+    fn active_elsewhere(&self, addr: &L4Addr, except: &L4Addr) -> bool {
+        let Some(b) = self.programmed.backends.get(addr) else {
+            return false;
+        };
+        b.state == BackendState::Active
+            && self
+                .programmed
+                .services
+                .iter()
+                .any(|(fe, s)| fe != except && s.slots.values().any(|id| *id == b.id))
     }
 
     pub fn programmed(&self) -> &Programmed {
@@ -247,6 +443,7 @@ impl Reconciler {
             match maps.del_backend(id) {
                 Ok(()) => {
                     self.programmed.backends.remove(&addr);
+                    self.backend_ids.remove(&id);
                     report.backends_removed += 1;
                 }
                 Err(e) => report.errors.push(format!("removing backend {addr}: {e}")),
@@ -371,7 +568,7 @@ impl Reconciler {
         if s.rev_nat != 0 {
             maps.del_rev_nat(s.rev_nat)?;
         }
-        self.programmed.services.remove(fe);
+        self.set_service(*fe, None);
         Ok(())
     }
 
@@ -391,6 +588,7 @@ impl Reconciler {
         }
         let id = self.alloc_backend_id();
         maps.put_backend(id, &lb4_backends::value(addr, state))?;
+        self.backend_ids.insert(id);
         self.programmed
             .backends
             .insert(*addr, ProgrammedBackend { id, state });
@@ -398,24 +596,19 @@ impl Reconciler {
     }
 
     fn alloc_backend_id(&mut self) -> u32 {
-        let used: BTreeSet<u32> = self.programmed.backends.values().map(|b| b.id).collect();
         let mut id = self.next_backend_id.max(1);
-        while used.contains(&id) {
+        while self.backend_ids.contains(&id) {
             id = id.checked_add(1).unwrap_or(1);
         }
         self.next_backend_id = id.wrapping_add(1);
         id
     }
 
+    /// A rev-NAT index no service holds. Reserved right away, so a second
+    /// allocation before the service is recorded cannot return it again.
     fn alloc_rev_nat(&mut self) -> u16 {
-        let used: BTreeSet<u16> = self
-            .programmed
-            .services
-            .values()
-            .map(|s| s.rev_nat)
-            .collect();
         let mut idx = self.next_rev_nat.max(1);
-        while used.contains(&idx) {
+        while self.rev_nats.contains(&idx) {
             idx = idx.checked_add(1).unwrap_or(1);
         }
         self.next_rev_nat = idx.wrapping_add(1);
@@ -526,13 +719,13 @@ impl Reconciler {
                 }
             }
             if cur.has_frontend || !cur.slots.is_empty() || cur.rev_nat != 0 {
-                self.programmed.services.insert(fe, cur);
+                self.set_service(fe, Some(cur));
             } else {
-                self.programmed.services.remove(&fe);
+                self.set_service(fe, None);
             }
             return Err(e);
         }
-        self.programmed.services.insert(fe, cur);
+        self.set_service(fe, Some(cur));
         Ok(true)
     }
 }
