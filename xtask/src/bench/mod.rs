@@ -300,9 +300,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     report(&results, quick)
 }
 
-/// Writes the service set as manifests (bulk files of 1000 services, the
-/// target alone in its own file) and starts a fresh agent on them. Returns the
-/// time from start until the agent reports its first full sync.
+/// Writes the service set as manifests (JSON Lists of 1000 services, the
+/// target alone in a YAML file of its own, as a user would edit it) and starts
+/// a fresh agent on them. Returns the time from start until the agent reports
+/// its first full sync: program load and map creation included.
 fn lash_full_sync(sb: &mut Sandbox, svcs: &[Svc]) -> anyhow::Result<f64> {
     let dir = sb.manifests();
     for e in std::fs::read_dir(&dir)? {
@@ -310,16 +311,10 @@ fn lash_full_sync(sb: &mut Sandbox, svcs: &[Svc]) -> anyhow::Result<f64> {
     }
     let (target, rest): (Vec<&Svc>, Vec<&Svc>) = svcs.iter().partition(|s| s.vip == TARGET_VIP);
     for (i, chunk) in rest.chunks(1000).enumerate() {
-        let owned: Vec<Svc> = chunk
-            .iter()
-            .map(|s| Svc {
-                name: s.name.clone(),
-                vip: s.vip,
-                port: s.port,
-                endpoints: s.endpoints.clone(),
-            })
-            .collect();
-        std::fs::write(dir.join(format!("bulk-{i:03}.yaml")), lash_manifest(&owned))?;
+        std::fs::write(
+            dir.join(format!("bulk-{i:03}.json")),
+            lash_manifest_json(chunk),
+        )?;
     }
     let t: Vec<Svc> = target
         .iter()
@@ -346,12 +341,11 @@ fn lash_common_default() -> u32 {
     65536
 }
 
-/// Service + EndpointSlice documents for `svcs`.
+/// Service + EndpointSlice documents for `svcs`, as YAML.
 fn lash_manifest(svcs: &[Svc]) -> String {
     let mut out = String::with_capacity(svcs.len() * 700);
     for s in svcs {
-        let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
-        let name = rest.split(':').next().unwrap_or(rest);
+        let (ns, name) = ns_name(s);
         let _ = write!(
             out,
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
@@ -369,6 +363,36 @@ fn lash_manifest(svcs: &[Svc]) -> String {
         }
     }
     out
+}
+
+fn ns_name(s: &Svc) -> (&str, &str) {
+    let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
+    (ns, rest.split(':').next().unwrap_or(rest))
+}
+
+/// The same as a JSON v1 List, the shape `kubectl get -o json` writes and the
+/// API server serves: what the agent will read in a cluster, without YAML's
+/// parsing cost.
+fn lash_manifest_json(svcs: &[&Svc]) -> String {
+    let mut items = Vec::with_capacity(svcs.len() * 2);
+    for s in svcs {
+        let (ns, name) = ns_name(s);
+        items.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": s.vip.to_string(),
+                     "ports": [{"name": "http", "port": s.port, "protocol": "TCP", "targetPort": "http"}]},
+        }));
+        items.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-x"), "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}],
+            "endpoints": s.endpoints.iter().map(|(ip, _)| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        }));
+    }
+    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {
