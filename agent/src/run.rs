@@ -130,9 +130,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         } else {
             reconciler.apply(&changes, &mut maps)
         };
-        // A failed incremental change is retried by a full reconcile soon.
-        *full_due =
-            (!full && !report.errors.is_empty()).then(|| Instant::now() + Duration::from_secs(1));
+        // A failed incremental change is retried by a full reconcile soon. A
+        // later change that goes through must not cancel that retry.
+        if full {
+            *full_due = None;
+        } else if !report.errors.is_empty() {
+            full_due.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
+        }
         reconcile_errors.extend(report.errors.iter().cloned());
         let mut errors: Vec<String> = control.errors();
         errors.extend(reconcile_errors.iter().cloned());

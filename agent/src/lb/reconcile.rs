@@ -158,6 +158,12 @@ pub struct Reconciler {
     rev_nats: BTreeSet<u16>,
     next_backend_id: u32,
     next_rev_nat: u16,
+    /// Per frontend, the backends it last asked to have active. A backend is
+    /// written active while any frontend wants it so, terminating otherwise;
+    /// the maps hold only that result, so `apply` needs this to recompute it.
+    wants_active: BTreeMap<L4Addr, BTreeSet<L4Addr>>,
+    /// Backend -> how many frontends of `wants_active` name it.
+    active_users: BTreeMap<L4Addr, usize>,
 }
 
 impl Reconciler {
@@ -169,12 +175,74 @@ impl Reconciler {
             .map(|s| s.rev_nat)
             .filter(|r| *r != 0)
             .collect();
-        Reconciler {
+        // Until a full reconcile says otherwise, a service wants active what
+        // is active in the maps.
+        let active_ids: BTreeMap<u32, L4Addr> = programmed
+            .backends
+            .iter()
+            .filter(|(_, b)| b.state == BackendState::Active)
+            .map(|(a, b)| (b.id, *a))
+            .collect();
+        let wanted: Vec<(L4Addr, BTreeSet<L4Addr>)> = programmed
+            .services
+            .iter()
+            .map(|(fe, s)| {
+                let active = s
+                    .slots
+                    .values()
+                    .filter_map(|id| active_ids.get(id).copied())
+                    .collect();
+                (*fe, active)
+            })
+            .collect();
+        let mut r = Reconciler {
             programmed,
             backend_ids,
             rev_nats,
             next_backend_id: 1,
             next_rev_nat: 1,
+            wants_active: BTreeMap::new(),
+            active_users: BTreeMap::new(),
+        };
+        for (fe, active) in wanted {
+            r.set_wants_active(fe, active);
+        }
+        r
+    }
+
+    /// Records which backends `fe` wants active (empty: none, or `fe` gone);
+    /// returns the backends whose resulting state this may change.
+    fn set_wants_active(&mut self, fe: L4Addr, active: BTreeSet<L4Addr>) -> Vec<L4Addr> {
+        let old = self.wants_active.remove(&fe).unwrap_or_default();
+        let mut changed = Vec::new();
+        for a in old.difference(&active) {
+            if let Some(n) = self.active_users.get_mut(a) {
+                *n -= 1;
+                if *n == 0 {
+                    self.active_users.remove(a);
+                    changed.push(*a);
+                }
+            }
+        }
+        for a in active.difference(&old) {
+            let n = self.active_users.entry(*a).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                changed.push(*a);
+            }
+        }
+        if !active.is_empty() {
+            self.wants_active.insert(fe, active);
+        }
+        changed
+    }
+
+    /// The state a backend must have: active if any service wants it active.
+    fn wanted_state(&self, addr: &L4Addr) -> BackendState {
+        if self.active_users.contains_key(addr) {
+            BackendState::Active
+        } else {
+            BackendState::Terminating
         }
     }
 
@@ -199,12 +267,17 @@ impl Reconciler {
         let mut report = Report::default();
         let mut upserts: Vec<&DesiredService> = Vec::new();
         let mut touched_backends: BTreeSet<u32> = BTreeSet::new();
+        // Backends whose wanted state may have changed.
+        let mut restate: BTreeSet<L4Addr> = BTreeSet::new();
         for c in changes {
             if let Change::Remove(fe) = c {
                 if let Some(s) = self.programmed.services.get(fe) {
                     touched_backends.extend(s.slots.values().copied());
                     match self.remove_service(fe, maps) {
-                        Ok(()) => report.services_removed += 1,
+                        Ok(()) => {
+                            report.services_removed += 1;
+                            restate.extend(self.set_wants_active(*fe, BTreeSet::new()));
+                        }
                         Err(e) => report.errors.push(format!("removing service {fe}: {e}")),
                     }
                 }
@@ -271,17 +344,17 @@ impl Reconciler {
             if let Some(s) = old {
                 touched_backends.extend(s.slots.values().copied());
             }
+            let active = list
+                .iter()
+                .filter(|(_, s)| *s == BackendState::Active)
+                .map(|(a, _)| *a)
+                .collect();
+            restate.extend(self.set_wants_active(d.frontend, active));
             let mut failed = false;
-            for (addr, state) in &list {
+            for (addr, _) in &list {
                 // A backend shared with another service stays active while any
                 // service has it active.
-                let state = if *state == BackendState::Terminating
-                    && self.active_elsewhere(addr, &d.frontend)
-                {
-                    BackendState::Active
-                } else {
-                    *state
-                };
+                let state = self.wanted_state(addr);
                 match self.put_backend(addr, state, maps) {
                     Ok(true) => report.backends_added += 1,
                     Ok(false) => {}
@@ -295,20 +368,29 @@ impl Reconciler {
                     }
                 }
             }
-            if failed {
-                continue;
+            if !failed {
+                let d = DesiredService {
+                    backends: list.clone(),
+                    ..d.clone()
+                };
+                match self.write_service(&d, maps) {
+                    Ok(true) => report.services_written += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        report.errors.push(format!(
+                            "service {} ({}): {e}; kept as it was",
+                            d.name, d.frontend
+                        ));
+                        failed = true;
+                    }
+                }
             }
-            let d = DesiredService {
-                backends: list,
-                ..d.clone()
-            };
-            match self.write_service(&d, maps) {
-                Ok(true) => report.services_written += 1,
-                Ok(false) => {}
-                Err(e) => report.errors.push(format!(
-                    "service {} ({}): {e}; kept as it was",
-                    d.name, d.frontend
-                )),
+            if failed {
+                // Backends written for it that no slot names are taken back.
+                touched_backends.extend(
+                    list.iter()
+                        .filter_map(|(a, _)| self.programmed.backends.get(a).map(|b| b.id)),
+                );
             }
         }
         // Backends that lost a slot in this change and are named by none now.
@@ -336,22 +418,17 @@ impl Reconciler {
                 }
             }
         }
+        // Backends that stay but that a service stopped (or started) wanting
+        // active, e.g. the last service with it active went.
+        for addr in restate {
+            if self.programmed.backends.contains_key(&addr) {
+                let state = self.wanted_state(&addr);
+                if let Err(e) = self.put_backend(&addr, state, maps) {
+                    report.errors.push(format!("backend {addr}: {e}"));
+                }
+            }
+        }
         report
-    }
-
-    /// Whether a programmed service other than `except` uses `addr` while it is
-    /// programmed active. (Shared backends are rare; this scans only on a
-    /// terminating endpoint.)
-    fn active_elsewhere(&self, addr: &L4Addr, except: &L4Addr) -> bool {
-        let Some(b) = self.programmed.backends.get(addr) else {
-            return false;
-        };
-        b.state == BackendState::Active
-            && self
-                .programmed
-                .services
-                .iter()
-                .any(|(fe, s)| fe != except && s.slots.values().any(|id| *id == b.id))
     }
 
     pub fn programmed(&self) -> &Programmed {
@@ -365,6 +442,17 @@ impl Reconciler {
     ) -> Report {
         let mut report = Report::default();
         let desired = self.admit(desired, maps.capacity(), &mut report);
+        self.wants_active.clear();
+        self.active_users.clear();
+        for (fe, svc) in &desired {
+            let active = svc
+                .backends
+                .iter()
+                .filter(|(_, s)| *s == BackendState::Active)
+                .map(|(a, _)| *a)
+                .collect();
+            self.set_wants_active(*fe, active);
+        }
 
         // 1. Services no longer wanted: frontend, slots, reverse NAT.
         let gone: Vec<L4Addr> = self

@@ -13,7 +13,9 @@ use lash_common::{
     MAP_LB4_SERVICES,
 };
 
-use super::{assign_slots, Capacity, LbMapWriter, MapWriteError, Programmed, Reconciler, Report};
+use super::{
+    assign_slots, Capacity, Change, LbMapWriter, MapWriteError, Programmed, Reconciler, Report,
+};
 use crate::lb::{BackendState, DesiredService, L4Addr, Proto, ServiceKind};
 use crate::maps::{lb4_backends, lb4_reverse_nat, lb4_services};
 
@@ -1447,6 +1449,676 @@ fn assign_slots_properties() {
             if want.contains(&id) && pos < got.len() {
                 assert_eq!(got[pos], id, "{old:?} -> {new:?}: {got:?} moved {id}");
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Incremental apply
+// ---------------------------------------------------------------------------
+
+fn up(d: DesiredService) -> Change {
+    Change::Upsert(d)
+}
+
+fn rm(frontend: L4Addr) -> Change {
+    Change::Remove(frontend)
+}
+
+/// Applies and checks the invariant held after every write.
+#[track_caller]
+fn apply(rec: &mut Reconciler, maps: &mut FakeMaps, changes: &[Change]) -> Report {
+    let report = rec.apply(changes, maps);
+    maps.assert_no_violations();
+    report
+}
+
+/// Applies, expecting no error, and checks the result is clean and exactly
+/// what the reconciler believes.
+#[track_caller]
+fn apply_ok(rec: &mut Reconciler, maps: &mut FakeMaps, changes: &[Change]) -> Report {
+    let report = apply(rec, maps, changes);
+    assert!(report.errors.is_empty(), "errors: {:#?}", report.errors);
+    maps.assert_clean();
+    assert_eq!(
+        &maps.picture(),
+        rec.programmed(),
+        "picture differs from the maps"
+    );
+    report
+}
+
+/// A full reconcile of `desired` on this reconciler writes nothing: what the
+/// incremental path left is exactly what a full reconcile wants.
+#[track_caller]
+fn assert_settled(rec: &mut Reconciler, maps: &mut FakeMaps, desired: &[DesiredService]) {
+    maps.take_ops();
+    let r = reconcile(rec, maps, desired);
+    assert!(r.errors.is_empty(), "errors: {:#?}", r.errors);
+    assert_eq!(maps.take_ops(), Vec::<Op>::new(), "a full reconcile wrote");
+}
+
+impl FakeMaps {
+    /// What the maps serve, ids left out: frontend -> its backends with their
+    /// states, sorted (a multiset).
+    fn served(&self) -> BTreeMap<L4Addr, Vec<(L4Addr, BackendState)>> {
+        self.services
+            .iter()
+            .filter(|(k, _)| k.backend_slot == 0)
+            .map(|(k, v)| {
+                let fe = lb4_services::frontend_of(k).unwrap();
+                let mut b: Vec<(L4Addr, BackendState)> = (1..=v.count)
+                    .map(|s| {
+                        let id = self.services[&lb4_services::key(&fe, s)].backend_id;
+                        let be = &self.backends[&id];
+                        (
+                            lb4_backends::addr_of(be).unwrap(),
+                            lb4_backends::state_of(be).unwrap(),
+                        )
+                    })
+                    .collect();
+                b.sort();
+                (fe, b)
+            })
+            .collect()
+    }
+
+    /// Backend entries no slot names.
+    fn unreferenced_backends(&self) -> Vec<u32> {
+        self.backends
+            .keys()
+            .copied()
+            .filter(|id| !self.slot_names(*id))
+            .collect()
+    }
+
+    fn state(&self, addr: &L4Addr) -> Option<BackendState> {
+        let id = self.backend_id(addr)?;
+        lb4_backends::state_of(&self.backends[&id])
+    }
+}
+
+/// What `desired` (one service per frontend) must look like in the maps,
+/// worked out without the reconciler: each service's backends deduplicated
+/// (first mention wins), and a backend active if any service has it active.
+fn expected_served(desired: &[DesiredService]) -> BTreeMap<L4Addr, Vec<(L4Addr, BackendState)>> {
+    let mut lists: BTreeMap<L4Addr, Vec<(L4Addr, BackendState)>> = BTreeMap::new();
+    let mut active: BTreeSet<L4Addr> = BTreeSet::new();
+    for d in desired {
+        let mut seen = BTreeSet::new();
+        let list: Vec<(L4Addr, BackendState)> = d
+            .backends
+            .iter()
+            .filter(|(a, _)| seen.insert(*a))
+            .copied()
+            .collect();
+        active.extend(
+            list.iter()
+                .filter(|(_, s)| *s == BackendState::Active)
+                .map(|(a, _)| *a),
+        );
+        lists.insert(d.frontend, list);
+    }
+    lists
+        .into_iter()
+        .map(|(fe, list)| {
+            let mut b: Vec<(L4Addr, BackendState)> = list
+                .into_iter()
+                .map(|(a, _)| {
+                    let s = if active.contains(&a) {
+                        BackendState::Active
+                    } else {
+                        BackendState::Terminating
+                    };
+                    (a, s)
+                })
+                .collect();
+            b.sort();
+            (fe, b)
+        })
+        .collect()
+}
+
+fn with_states(mut d: DesiredService, terminating: &[u8]) -> DesiredService {
+    for (a, s) in &mut d.backends {
+        if terminating.iter().any(|n| be(*n) == *a) {
+            *s = BackendState::Terminating;
+        }
+    }
+    d
+}
+
+#[test]
+fn apply_keeps_the_invariant_through_upserts_and_removes() {
+    let (mut rec, mut maps) = fresh();
+    let r = apply_ok(
+        &mut rec,
+        &mut maps,
+        &[up(svc("a", fe(1), &[1, 2])), up(svc("b", fe(2), &[3]))],
+    );
+    assert_eq!(counts(&r), (2, 0, 3, 0));
+    assert_serves(&maps, &[svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[3])]);
+    let b = maps.view(&fe(2)).unwrap();
+    let first = maps.view(&fe(1)).unwrap();
+    maps.take_ops();
+
+    // Grow: new backends first, then the new slots, then the frontend; b untouched.
+    let r = apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[1, 2, 4, 5]))]);
+    assert_eq!(counts(&r), (1, 0, 2, 0));
+    let grown = maps.view(&fe(1)).unwrap();
+    assert_eq!(grown.backends, bes(&[1, 2, 4, 5]));
+    assert_eq!(
+        grown.ids[..2],
+        first.ids[..],
+        "kept backends keep their slots"
+    );
+    assert_eq!(grown.rev_nat, first.rev_nat);
+    let ops = maps.take_ops();
+    assert!(
+        matches!(ops[..2], [Op::PutBackend(_, x), Op::PutBackend(_, y)] if x == be(4) && y == be(5))
+    );
+    assert_eq!(
+        ops[2..],
+        [
+            Op::PutService(fe(1), 3),
+            Op::PutService(fe(1), 4),
+            Op::PutService(fe(1), 0)
+        ]
+    );
+
+    // Shrink: frontend first, then the slots beyond the count, then backends.
+    let id1 = maps.backend_id(&be(1)).unwrap();
+    let id2 = maps.backend_id(&be(2)).unwrap();
+    let r = apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[5, 4]))]);
+    assert_eq!(counts(&r), (1, 0, 0, 2));
+    assert_eq!(maps.slot_keys(&fe(1)), [0, 1, 2]);
+    assert_eq!(maps.view(&fe(1)).unwrap().count, 2);
+    let ops = maps.take_ops();
+    let fe0 = ops
+        .iter()
+        .position(|o| *o == Op::PutService(fe(1), 0))
+        .unwrap();
+    for slot in [3, 4] {
+        let del = ops
+            .iter()
+            .position(|o| *o == Op::DelService(fe(1), slot))
+            .unwrap();
+        assert!(fe0 < del, "slot {slot} deleted before the count shrank");
+    }
+    assert!(ops[ops.len() - 2..].contains(&Op::DelBackend(id1)));
+    assert!(ops[ops.len() - 2..].contains(&Op::DelBackend(id2)));
+
+    // Every backend replaced.
+    let old_ids = maps.view(&fe(1)).unwrap().ids;
+    let r = apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[6, 7, 8]))]);
+    assert_eq!(counts(&r), (1, 0, 3, 2));
+    assert_eq!(maps.view(&fe(1)).unwrap().backends, bes(&[6, 7, 8]));
+    for id in old_ids {
+        assert!(!maps.backends.contains_key(&id));
+    }
+    let ops = maps.take_ops();
+    assert!(
+        matches!(ops.last(), Some(Op::DelBackend(_))),
+        "backends go last"
+    );
+
+    // Empty, then remove: frontend first, then slots, then rev-NAT, then backends.
+    apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[6]))]);
+    let a = maps.view(&fe(1)).unwrap();
+    maps.take_ops();
+    let r = apply_ok(&mut rec, &mut maps, &[rm(fe(1))]);
+    assert_eq!(counts(&r), (0, 1, 0, 1));
+    assert_eq!(
+        maps.take_ops(),
+        [
+            Op::DelService(fe(1), 0),
+            Op::DelService(fe(1), 1),
+            Op::DelRevNat(a.rev_nat),
+            Op::DelBackend(a.ids[0])
+        ]
+    );
+    assert_eq!(maps.view(&fe(2)), Some(b), "b untouched throughout");
+
+    // Removing what is not there, or upserting what is there, writes nothing.
+    let r = apply_ok(
+        &mut rec,
+        &mut maps,
+        &[rm(fe(1)), rm(fe(9)), up(svc("b", fe(2), &[3]))],
+    );
+    assert_eq!(counts(&r), (0, 0, 0, 0));
+    assert_eq!(maps.take_ops(), Vec::<Op>::new());
+    assert_settled(&mut rec, &mut maps, &[svc("b", fe(2), &[3])]);
+}
+
+#[test]
+fn apply_removes_before_upserting_so_a_frontend_can_change_hands() {
+    let mut maps = FakeMaps::with_capacity(5, 1024, 1024);
+    let mut rec = Reconciler::new(Programmed::default());
+    apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[1, 2, 3]))]);
+    // a goes and b (3 entries) comes: it fits only once a's 4 are gone.
+    let r = apply_ok(
+        &mut rec,
+        &mut maps,
+        &[up(svc("b", fe(2), &[4, 5])), rm(fe(1))],
+    );
+    assert_eq!(counts(&r), (1, 1, 2, 3));
+    assert_serves(&maps, &[svc("b", fe(2), &[4, 5])]);
+}
+
+/// The property: applying only what changed leaves the maps serving what a
+/// full reconcile of everything would, and a full reconcile afterwards has
+/// nothing to do.
+#[test]
+fn apply_equals_full_reconcile_on_random_edits() {
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    let dns = L4Addr {
+        ip: Ipv4Addr::new(10, 96, 0, 1),
+        port: 80,
+        proto: Proto::Udp, // same IP and port as fe(1), other protocol
+    };
+    let frontends: Vec<L4Addr> = (1..=6).map(fe).chain([dns]).collect();
+    let udp_be = L4Addr {
+        ip: Ipv4Addr::new(10, 244, 0, 1),
+        port: 8080,
+        proto: Proto::Udp,
+    };
+    let backends: Vec<L4Addr> = (1..=8).map(be).chain([udp_be]).collect();
+
+    let mut shared_mixed_steps = 0;
+    let mut state_only_steps = 0;
+    for seed in [0x2545_f491_4f6c_dd1d_u64, 7, 0xdead_beef, 42] {
+        let mut rng = XorShift(seed);
+        let (mut inc_rec, mut inc) = fresh();
+        let (mut full_rec, mut full) = fresh();
+        let mut desired: BTreeMap<L4Addr, DesiredService> = BTreeMap::new();
+        let random_backend = |rng: &mut XorShift| {
+            let state = if rng.chance(30) {
+                BackendState::Terminating
+            } else {
+                BackendState::Active
+            };
+            (backends[rng.below(backends.len())], state)
+        };
+        for step in 0..300 {
+            let mut changed: BTreeSet<L4Addr> = BTreeSet::new();
+            let mut only_states = true;
+            for _ in 0..1 + rng.below(3) {
+                let f = frontends[rng.below(frontends.len())];
+                changed.insert(f);
+                let name = format!(
+                    "default/s{}",
+                    frontends.iter().position(|x| *x == f).unwrap()
+                );
+                let cur = desired.get(&f).cloned();
+                let op = rng.below(10);
+                let Some(mut d) = cur.filter(|_| op >= 2) else {
+                    only_states = false;
+                    if op < 2 {
+                        desired.remove(&f);
+                    } else {
+                        let n = rng.below(6);
+                        let list = (0..n).map(|_| random_backend(&mut rng)).collect();
+                        desired.insert(
+                            f,
+                            DesiredService {
+                                name,
+                                frontend: f,
+                                kind: ServiceKind::ClusterIP,
+                                backends: list,
+                            },
+                        );
+                    }
+                    continue;
+                };
+                match op {
+                    2..=3 => {
+                        only_states = false;
+                        let n = rng.below(6);
+                        d.backends = (0..n).map(|_| random_backend(&mut rng)).collect();
+                    }
+                    4..=5 => {
+                        only_states = false;
+                        let b = random_backend(&mut rng);
+                        let at = rng.below(d.backends.len() + 1);
+                        d.backends.insert(at, b);
+                    }
+                    6 if !d.backends.is_empty() => {
+                        only_states = false;
+                        let at = rng.below(d.backends.len());
+                        d.backends.remove(at);
+                    }
+                    7..=8 if !d.backends.is_empty() => {
+                        let at = rng.below(d.backends.len());
+                        let s = &mut d.backends[at].1;
+                        *s = match s {
+                            BackendState::Active => BackendState::Terminating,
+                            BackendState::Terminating => BackendState::Active,
+                        };
+                    }
+                    _ => d.backends.reverse(), // same set, other order
+                }
+                desired.insert(f, d);
+            }
+            if only_states {
+                state_only_steps += 1;
+            }
+            let mut changes: Vec<Change> = changed
+                .iter()
+                .map(|f| match desired.get(f) {
+                    Some(d) => up(d.clone()),
+                    None => rm(*f),
+                })
+                .collect();
+            if rng.chance(50) {
+                changes.reverse();
+            }
+            let want: Vec<DesiredService> = desired.values().cloned().collect();
+            let ctx = format!("seed {seed:#x} step {step}: {changes:#?}");
+
+            let r = apply(&mut inc_rec, &mut inc, &changes);
+            assert!(r.errors.is_empty(), "{ctx}: {:?}", r.errors);
+            inc.assert_clean();
+            assert_eq!(inc.unreferenced_backends(), Vec::<u32>::new(), "{ctx}");
+            assert_eq!(&inc.picture(), inc_rec.programmed(), "{ctx}");
+
+            let r = reconcile(&mut full_rec, &mut full, &want);
+            assert!(r.errors.is_empty(), "{ctx}: {:?}", r.errors);
+            full.assert_clean();
+
+            let expected = expected_served(&want);
+            assert_eq!(full.served(), expected, "{ctx}: full reconcile");
+            assert_eq!(inc.served(), expected, "{ctx}: incremental apply");
+
+            // A full reconcile on the incremental side changes nothing. Not on
+            // every step for every seed, so that state the incremental path
+            // keeps has to hold up over many applies in a row.
+            if seed % 2 == 1 || step % 8 == 7 {
+                assert_settled(&mut inc_rec, &mut inc, &want);
+            }
+
+            let mut users: BTreeMap<L4Addr, BTreeSet<BackendState>> = BTreeMap::new();
+            for d in &want {
+                for (a, s) in &d.backends {
+                    users.entry(*a).or_default().insert(*s);
+                }
+            }
+            if users.values().any(|s| s.len() == 2) {
+                shared_mixed_steps += 1;
+            }
+        }
+        assert_settled(
+            &mut inc_rec,
+            &mut inc,
+            &desired.values().cloned().collect::<Vec<_>>(),
+        );
+    }
+    // The walk went where it matters.
+    assert!(shared_mixed_steps > 100, "{shared_mixed_steps}");
+    assert!(state_only_steps > 20, "{state_only_steps}");
+}
+
+#[test]
+fn apply_of_an_upsert_that_does_not_fit_writes_nothing_for_it() {
+    let mut maps = FakeMaps::with_capacity(6, 1024, 1024);
+    let mut rec = Reconciler::new(Programmed::default());
+    apply_ok(
+        &mut rec,
+        &mut maps,
+        &[up(svc("a", fe(1), &[1, 2])), up(svc("b", fe(2), &[3, 4]))],
+    );
+    let b_before = maps.view(&fe(2)).unwrap();
+    maps.take_ops();
+
+    // b grows to 4 entries: 3 + 4 > 6. It keeps what it had.
+    let r = apply(&mut rec, &mut maps, &[up(svc("b", fe(2), &[3, 4, 5]))]);
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_error_mentions(
+        &r,
+        &[
+            "default/b",
+            "10.96.0.2:80/TCP",
+            "maps full",
+            "kept as it was",
+        ],
+    );
+    assert_eq!(maps.take_ops(), Vec::<Op>::new(), "nothing written");
+    maps.assert_clean();
+    assert_eq!(maps.view(&fe(2)), Some(b_before.clone()));
+    assert_eq!(maps.backend_id(&be(5)), None);
+    assert_eq!(&maps.picture(), rec.programmed());
+
+    // A new service that does not fit is not programmed at all, and the
+    // others in the same change still are.
+    let r = apply(
+        &mut rec,
+        &mut maps,
+        &[up(svc("c", fe(3), &[6])), up(svc("a", fe(1), &[2, 1]))],
+    );
+    assert_error_mentions(&r, &["default/c", "maps full", "not programmed"]);
+    assert!(maps.slot_keys(&fe(3)).is_empty());
+    assert_eq!(maps.backend_id(&be(6)), None);
+    assert!(
+        !maps.ops.iter().any(|o| o.frontend() == Some(fe(3))),
+        "not attempted"
+    );
+    maps.assert_clean();
+
+    // Backends: room for 4, a and b hold 4.
+    let mut maps2 = FakeMaps::with_capacity(1024, 4, 1024);
+    let mut rec2 = Reconciler::new(Programmed::default());
+    apply_ok(
+        &mut rec2,
+        &mut maps2,
+        &[up(svc("a", fe(1), &[1, 2])), up(svc("b", fe(2), &[3, 4]))],
+    );
+    maps2.take_ops();
+    let r = apply(&mut rec2, &mut maps2, &[up(svc("b", fe(2), &[3, 4, 5]))]);
+    assert_error_mentions(&r, &["default/b", "maps full", "lb4_backends"]);
+    assert_eq!(maps2.take_ops(), Vec::<Op>::new());
+    // Sharing a's backend needs no new entry: fits.
+    apply_ok(&mut rec2, &mut maps2, &[up(svc("b", fe(2), &[3, 4, 1]))]);
+
+    // Reverse NAT: room for 2.
+    let mut maps3 = FakeMaps::with_capacity(1024, 1024, 2);
+    let mut rec3 = Reconciler::new(Programmed::default());
+    apply_ok(
+        &mut rec3,
+        &mut maps3,
+        &[up(svc("a", fe(1), &[1])), up(svc("b", fe(2), &[2]))],
+    );
+    let r = apply(&mut rec3, &mut maps3, &[up(svc("c", fe(3), &[3]))]);
+    assert_error_mentions(&r, &["default/c", "maps full"]);
+    assert!(maps3.view(&fe(3)).is_none());
+    maps3.assert_clean();
+
+    // Once a is gone, b grows (same apply: removals go first).
+    apply_ok(
+        &mut rec,
+        &mut maps,
+        &[up(svc("b", fe(2), &[3, 4, 5])), rm(fe(1))],
+    );
+    let b = maps.view(&fe(2)).unwrap();
+    assert_eq!(b.backends, bes(&[3, 4, 5]));
+    assert_eq!(b.ids[..2], b_before.ids[..]);
+    assert_eq!(b.rev_nat, b_before.rev_nat);
+}
+
+#[test]
+fn apply_keeps_a_shared_backend_while_another_service_uses_it() {
+    let (mut rec, mut maps) = fresh();
+    apply_ok(
+        &mut rec,
+        &mut maps,
+        &[up(svc("a", fe(1), &[1, 2])), up(svc("b", fe(2), &[2, 3]))],
+    );
+    let id2 = maps.backend_id(&be(2)).unwrap();
+    assert_eq!(maps.backends.len(), 3, "a shared backend is one entry");
+
+    let r = apply_ok(&mut rec, &mut maps, &[rm(fe(1))]);
+    assert_eq!(counts(&r), (0, 1, 0, 1));
+    assert_eq!(maps.backend_id(&be(1)), None);
+    assert_eq!(maps.backend_id(&be(2)), Some(id2), "still used by b");
+    assert_eq!(maps.view(&fe(2)).unwrap().backends, bes(&[2, 3]));
+
+    // a back; then 2 leaves b but stays in a.
+    apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[1, 2]))]);
+    let id2 = maps.backend_id(&be(2)).unwrap();
+    let r = apply_ok(&mut rec, &mut maps, &[up(svc("b", fe(2), &[3]))]);
+    assert_eq!(counts(&r), (1, 0, 0, 0));
+    assert_eq!(maps.backend_id(&be(2)), Some(id2));
+    assert_settled(
+        &mut rec,
+        &mut maps,
+        &[svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[3])],
+    );
+}
+
+#[test]
+fn apply_keeps_a_shared_backend_active_while_any_service_has_it_active() {
+    let (mut rec, mut maps) = fresh();
+    let a = svc("a", fe(1), &[1, 2]);
+    let b_term = with_states(svc("b", fe(2), &[2, 3]), &[2]);
+    apply_ok(&mut rec, &mut maps, &[up(a.clone()), up(b_term.clone())]);
+    assert_eq!(maps.state(&be(2)), Some(BackendState::Active));
+
+    // Terminating in b after it was active there: a still has it active.
+    let (mut rec2, mut maps2) = fresh();
+    apply_ok(
+        &mut rec2,
+        &mut maps2,
+        &[up(a.clone()), up(svc("b", fe(2), &[2, 3]))],
+    );
+    apply_ok(&mut rec2, &mut maps2, &[up(b_term.clone())]);
+    assert_eq!(maps2.state(&be(2)), Some(BackendState::Active));
+
+    // Both terminating: terminating, whichever order it happened in.
+    let a_term = with_states(a.clone(), &[2]);
+    apply_ok(&mut rec2, &mut maps2, &[up(a_term.clone())]);
+    assert_eq!(maps2.state(&be(2)), Some(BackendState::Terminating));
+    assert_settled(&mut rec2, &mut maps2, &[a_term.clone(), b_term.clone()]);
+    apply_ok(&mut rec2, &mut maps2, &[up(a.clone())]);
+    assert_eq!(maps2.state(&be(2)), Some(BackendState::Active));
+
+    // The service that had it active goes: terminating in what is left.
+    apply_ok(&mut rec, &mut maps, &[rm(fe(1))]);
+    assert_eq!(maps.state(&be(2)), Some(BackendState::Terminating));
+    assert_settled(&mut rec, &mut maps, &[b_term.clone()]);
+
+    // Or drops it.
+    apply_ok(&mut rec, &mut maps, &[up(a.clone())]);
+    assert_eq!(maps.state(&be(2)), Some(BackendState::Active));
+    apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[1]))]);
+    assert_eq!(maps.state(&be(2)), Some(BackendState::Terminating));
+    assert_settled(&mut rec, &mut maps, &[svc("a", fe(1), &[1]), b_term]);
+}
+
+/// After a full reconcile (as at agent start) the incremental path knows which
+/// service wants which backend active.
+#[test]
+fn apply_after_reconcile_and_restart_knows_backend_states() {
+    let a = svc("a", fe(1), &[1, 2]);
+    let b_term = with_states(svc("b", fe(2), &[2, 3]), &[2]);
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[a.clone(), b_term.clone()]);
+    apply_ok(&mut rec, &mut maps, &[rm(fe(1))]);
+    assert_eq!(maps.state(&be(2)), Some(BackendState::Terminating));
+
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[a.clone(), b_term.clone()]);
+    let mut rec = Reconciler::new(maps.picture());
+    reconcile_ok(&mut rec, &mut maps, &[a, b_term.clone()]);
+    apply_ok(&mut rec, &mut maps, &[rm(fe(1))]);
+    assert_eq!(maps.state(&be(2)), Some(BackendState::Terminating));
+    assert_settled(&mut rec, &mut maps, &[b_term]);
+}
+
+/// Every write of a busy incremental change fails in turn, once or from then
+/// on: the invariant holds throughout, the failure is reported, nothing is
+/// left that no slot names (unless deleting it was what failed), and the full
+/// reconcile the agent then runs ends in the desired state.
+#[test]
+fn any_failed_write_of_apply_is_safe_and_recovered() {
+    let start = [
+        svc("a", fe(1), &[1, 2, 3]),
+        svc("b", fe(2), &[3, 4]),
+        svc("c", fe(3), &[5]),
+        svc("e", fe(5), &[9, 10, 11, 12]),
+    ];
+    let changes = [
+        up(with_states(svc("a", fe(1), &[2, 6, 7, 1]), &[7])),
+        rm(fe(2)),
+        up(svc("c", fe(3), &[])),
+        up(svc("d", fe(4), &[4, 8])),
+        up(svc("e", fe(5), &[12, 9])),
+    ];
+    let target = [
+        with_states(svc("a", fe(1), &[2, 6, 7, 1]), &[7]),
+        svc("c", fe(3), &[]),
+        svc("d", fe(4), &[4, 8]),
+        svc("e", fe(5), &[12, 9]),
+    ];
+    let setup = || {
+        let (mut rec, mut maps) = fresh();
+        apply_ok(
+            &mut rec,
+            &mut maps,
+            &start.iter().cloned().map(up).collect::<Vec<_>>(),
+        );
+        maps.take_ops();
+        (rec, maps)
+    };
+    let (mut rec, mut maps) = setup();
+    apply_ok(&mut rec, &mut maps, &changes);
+    assert_serves(&maps, &target);
+    let writes = maps.take_ops().len();
+    assert!(writes > 20, "a busy change: {writes} writes");
+
+    for sticky in [false, true] {
+        for n in 0..writes {
+            let (mut rec, mut maps) = setup();
+            maps.fail_at(n, sticky);
+            let r = rec.apply(&changes, &mut maps);
+            let ctx = format!("write #{n} failing (sticky: {sticky})");
+            assert!(
+                maps.violations.is_empty(),
+                "{ctx}: {}",
+                maps.violations.join("\n")
+            );
+            assert!(!maps.failed.is_empty(), "{ctx}: nothing failed");
+            assert!(!r.errors.is_empty(), "{ctx}: failure not reported");
+            if !sticky && !matches!(maps.failed[0], Op::DelBackend(_)) {
+                assert_eq!(
+                    maps.unreferenced_backends(),
+                    Vec::<u32>::new(),
+                    "{ctx}: backends left behind ({:?})",
+                    maps.failed
+                );
+            }
+
+            maps.heal();
+            let r = rec.reconcile(&target, &mut maps);
+            assert!(r.errors.is_empty(), "{ctx}: recovery errors {:?}", r.errors);
+            maps.assert_clean();
+            assert_serves(&maps, &target);
+            assert_eq!(maps.served(), expected_served(&target), "{ctx}");
+            assert_settled(&mut rec, &mut maps, &target);
         }
     }
 }
