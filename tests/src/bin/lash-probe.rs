@@ -9,7 +9,8 @@
 //! Bench modes (one JSON line each):
 //!   bench-connect ADDR --count N        connect()+close N times: latency percentiles
 //!   bench-rr ADDR --millis M            requests over one connection for M ms
-//!   wait-backend ADDR --backends a,b    after a "go" line on stdin, connect until
+//!   wait-backend ADDR --backends a,b [--millis LIMIT]
+//!                                       after a "go" line on stdin, connect until
 //!                                       one of the backends answers: the time a
 //!                                       change took to reach the datapath
 
@@ -59,7 +60,10 @@ fn main() -> anyhow::Result<()> {
     match mode.as_str() {
         "bench-connect" => println!("{}", bench_connect(addr, count)),
         "bench-rr" => println!("{}", bench_rr(addr, Duration::from_millis(millis))?),
-        "wait-backend" => println!("{}", wait_backend(addr, &wanted)?),
+        "wait-backend" => println!(
+            "{}",
+            wait_backend(addr, &wanted, Duration::from_millis(millis))?
+        ),
         "tcp" => (0..count).for_each(|_| println!("{}", tcp_once(addr))),
         "udp" => udp_unconnected(addr, count)?,
         "udp-connected" => (0..count).for_each(|_| println!("{}", udp_connected(addr))),
@@ -252,14 +256,18 @@ fn bench_rr(addr: SocketAddr, duration: Duration) -> anyhow::Result<serde_json::
 }
 
 /// Waits for "go" on stdin, then connects until one of `wanted` answers.
-fn wait_backend(addr: SocketAddr, wanted: &[String]) -> anyhow::Result<serde_json::Value> {
+fn wait_backend(
+    addr: SocketAddr,
+    wanted: &[String],
+    limit: Duration,
+) -> anyhow::Result<serde_json::Value> {
     println!("ready");
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     let start = Instant::now();
     let mut attempts = 0u64;
-    while start.elapsed() < Duration::from_secs(120) {
+    while start.elapsed() < limit {
         attempts += 1;
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, TIMEOUT) {
             let _ = s.set_read_timeout(Some(TIMEOUT));

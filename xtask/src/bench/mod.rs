@@ -120,7 +120,14 @@ fn time_change(
         .arg("--cgroup")
         .arg(&sb.cgroup)
         .args(["--netns", &sb.node_ns, "--cpu", &CLIENT_CPU.to_string()])
-        .args(["wait-backend", &addr, "--backends", &new_pods.join(",")])
+        .args([
+            "wait-backend",
+            &addr,
+            "--backends",
+            &new_pods.join(","),
+            "--millis",
+            "1800000",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -196,7 +203,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     sb.start_pod_servers_on(Some(SERVER_CPU))?;
     let pods: Vec<Ipv4Addr> = sb.pods.iter().map(|p| p.ip).collect();
     let mut results = Results::default();
-    let work = sb.work.clone();
 
     for &n in &plan.sizes {
         eprintln!("bench: {n} background services");
@@ -210,94 +216,147 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 
         for arm in ARMS {
             eprintln!("bench:   {}", arm.name());
-            let (full_ms, addr): (Option<f64>, String) = match arm {
-                Arm::Baseline => (None, format!("{}:{POD_PORT}", pods[0])),
-                Arm::Iptables => {
-                    let full = work.join("iptables.rules");
-                    std::fs::write(&full, kube_proxy::iptables_full(&before))?;
-                    let ms = timed(ns_exec(&sb, &["iptables-restore"]).arg(&full))?;
-                    (Some(ms), vip.clone())
-                }
-                Arm::Nftables => {
-                    let full = work.join("nft.rules");
-                    std::fs::write(&full, kube_proxy::nft_full(&before))?;
-                    let ms = timed(ns_exec(&sb, &["nft", "-f"]).arg(&full))?;
-                    (Some(ms), vip.clone())
-                }
-                Arm::Lash => {
-                    let ms = lash_full_sync(&mut sb, &before)?;
-                    (Some(ms), vip.clone())
-                }
+            let ctx = ArmCtx {
+                n,
+                arm,
+                plan: &plan,
+                before: &before,
+                after: &after,
+                old_t: &old_t,
+                new_t: &new_t,
+                new_names: &new_names,
+                vip: &vip,
+                pods: &pods,
             };
-            let stats_before = if arm == Arm::Lash {
-                Some(BpfStats::enable()?)
-            } else {
-                None
-            };
-            let (c, rr) = measure_dataplane(&sb, &plan, &addr)?;
-            let per_call = match stats_before {
-                Some(s) => Some(s.finish(&sb)?),
-                None => None,
-            };
-            results.dataplane.push(json!({
-                "services": n, "arm": arm.name(),
-                "connect_p50_us": c["p50_us"], "connect_p99_us": c["p99_us"],
-                "rr_per_s": rr["rate_per_s"],
-            }));
-
-            // One endpoint change at this size, until the datapath shows it.
-            let one_change = match arm {
-                Arm::Baseline => None,
-                Arm::Iptables => {
-                    let f = work.join("iptables.change");
-                    std::fs::write(&f, kube_proxy::iptables_change(&after, &old_t, &new_t))?;
-                    let ms = time_change(&sb, &new_names, || {
-                        run_ok(ns_exec(&sb, &["iptables-restore", "--noflush"]).arg(&f)).map(drop)
-                    })?;
-                    // Back to an empty nat table for the next arm.
-                    let empty = work.join("iptables.empty");
-                    std::fs::write(&empty, "*nat\nCOMMIT\n")?;
-                    run_ok(ns_exec(&sb, &["iptables-restore"]).arg(&empty))?;
-                    Some(ms)
-                }
-                Arm::Nftables => {
-                    let f = work.join("nft.change");
-                    std::fs::write(&f, kube_proxy::nft_change(&old_t, &new_t))?;
-                    let ms = time_change(&sb, &new_names, || {
-                        run_ok(ns_exec(&sb, &["nft", "-f"]).arg(&f)).map(drop)
-                    })?;
-                    run_ok(&mut ns_exec(
-                        &sb,
-                        &["nft", "delete", "table", "ip", "kube-proxy"],
-                    ))?;
-                    Some(ms)
-                }
-                Arm::Lash => {
-                    let target_yaml = lash_manifest(std::slice::from_ref(&new_t));
-                    let ms = time_change(&sb, &new_names, || {
-                        sb.write_manifest("target.yaml", &target_yaml)
-                    })?;
-                    let pid = sb.agent_pid().unwrap_or(0);
-                    let rss = rss_mib(pid);
-                    let map_mem = map_memory_mib(&sb.bpf_root);
-                    results.lash.push(json!({
-                        "services": n, "agent_rss_mib": rss, "bpf_map_mib": map_mem,
-                        "bpf_ns_per_connect": per_call,
-                    }));
-                    sb.stop_agent(false)?;
-                    let _ = std::fs::remove_dir_all(&sb.bpf_root);
-                    Some(ms)
-                }
-            };
-            if arm != Arm::Baseline {
+            if let Err(e) = run_arm(&mut sb, &ctx, &mut results) {
+                // One arm failing (a tool missing, a timeout at a size) must not
+                // lose the others: record it, clean up, go on.
+                eprintln!("bench:   {} at {n} failed: {e:#}", arm.name());
                 results.controlplane.push(json!({
-                    "services": n, "arm": arm.name(), "full_sync_ms": full_ms, "one_change_ms": one_change,
+                    "services": n, "arm": arm.name(), "error": format!("{e:#}"),
                 }));
+                cleanup_arm(&mut sb, arm);
             }
         }
     }
     drop(sb);
     report(&results, quick)
+}
+
+struct ArmCtx<'a> {
+    n: u32,
+    arm: Arm,
+    plan: &'a Plan,
+    before: &'a [Svc],
+    after: &'a [Svc],
+    old_t: &'a Svc,
+    new_t: &'a Svc,
+    new_names: &'a [&'a str],
+    vip: &'a str,
+    pods: &'a [Ipv4Addr],
+}
+
+/// Leaves the node as the next arm expects it: no rules, no agent, no pins.
+fn cleanup_arm(sb: &mut Sandbox, arm: Arm) {
+    match arm {
+        Arm::Baseline => {}
+        Arm::Iptables => {
+            let empty = sb.work.join("iptables.empty");
+            let _ = std::fs::write(&empty, "*nat\nCOMMIT\n");
+            let _ = run_ok(ns_exec(sb, &["iptables-restore"]).arg(&empty));
+        }
+        Arm::Nftables => {
+            let _ = run_ok(&mut ns_exec(
+                sb,
+                &["nft", "delete", "table", "ip", "kube-proxy"],
+            ));
+        }
+        Arm::Lash => {
+            let _ = sb.stop_agent(false);
+            let _ = std::fs::remove_dir_all(&sb.bpf_root);
+        }
+    }
+}
+
+fn run_arm(sb: &mut Sandbox, c: &ArmCtx, results: &mut Results) -> anyhow::Result<()> {
+    let (n, arm, work) = (c.n, c.arm, sb.work.clone());
+    let (full_ms, addr): (Option<f64>, String) = match arm {
+        Arm::Baseline => (None, format!("{}:{POD_PORT}", c.pods[0])),
+        Arm::Iptables => {
+            let full = work.join("iptables.rules");
+            std::fs::write(&full, kube_proxy::iptables_full(c.before))?;
+            let ms = timed(ns_exec(sb, &["iptables-restore"]).arg(&full))?;
+            (Some(ms), c.vip.to_string())
+        }
+        Arm::Nftables => {
+            let full = work.join("nft.rules");
+            std::fs::write(&full, kube_proxy::nft_full(c.before))?;
+            let ms = timed(ns_exec(sb, &["nft", "-f"]).arg(&full))?;
+            (Some(ms), c.vip.to_string())
+        }
+        Arm::Lash => (Some(lash_full_sync(sb, c.before)?), c.vip.to_string()),
+    };
+    let stats = if arm == Arm::Lash {
+        Some(BpfStats::enable()?)
+    } else {
+        None
+    };
+    let (conn, rr) = measure_dataplane(sb, c.plan, &addr)?;
+    let per_call = match stats {
+        Some(s) => s.finish(sb)?,
+        None => None,
+    };
+    let row = json!({
+        "services": n, "arm": arm.name(),
+        "connect_p50_us": conn["p50_us"], "connect_p99_us": conn["p99_us"],
+        "rr_per_s": rr["rate_per_s"],
+    });
+    eprintln!("bench:     {row}");
+    results.dataplane.push(row);
+
+    // One endpoint change at this size, until the datapath shows it.
+    let one_change = match arm {
+        Arm::Baseline => None,
+        Arm::Iptables => {
+            let f = work.join("iptables.change");
+            std::fs::write(&f, kube_proxy::iptables_change(c.after, c.old_t, c.new_t))?;
+            let ms = time_change(sb, c.new_names, || {
+                run_ok(ns_exec(sb, &["iptables-restore", "--noflush"]).arg(&f)).map(drop)
+            })?;
+            Some(ms)
+        }
+        Arm::Nftables => {
+            let f = work.join("nft.change");
+            std::fs::write(&f, kube_proxy::nft_change(c.old_t, c.new_t))?;
+            let ms = time_change(sb, c.new_names, || {
+                run_ok(ns_exec(sb, &["nft", "-f"]).arg(&f)).map(drop)
+            })?;
+            Some(ms)
+        }
+        Arm::Lash => {
+            let target_yaml = lash_manifest(std::slice::from_ref(c.new_t));
+            let ms = time_change(sb, c.new_names, || {
+                sb.write_manifest("target.yaml", &target_yaml)
+            })?;
+            let pid = sb.agent_pid().unwrap_or(0);
+            let row = json!({
+                "services": n, "agent_rss_mib": rss_mib(pid), "bpf_map_mib": map_memory_mib(&sb.bpf_root),
+                "bpf_ns_per_connect": per_call,
+            });
+            eprintln!("bench:     {row}");
+            results.lash.push(row);
+            Some(ms)
+        }
+    };
+    cleanup_arm(sb, arm);
+    if arm != Arm::Baseline {
+        let row = json!({
+            "services": n, "arm": arm.name(), "full_sync_ms": full_ms, "one_change_ms": one_change,
+        });
+        eprintln!("bench:     {row}");
+        results.controlplane.push(row);
+    }
+    Ok(())
 }
 
 /// Writes the service set as manifests (JSON Lists of 1000 services, the
