@@ -124,7 +124,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let changes = control.refresh();
         let report = if full {
             reconcile_errors.clear();
-            reconciler.reconcile(&control.index.desired(), &mut maps)
+            let r = reconciler.reconcile(&control.index.desired(), &mut maps);
+            // A full sync parses and drops a lot at once; give the freed heap
+            // back to the system so RSS shows what the agent keeps.
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe { libc::malloc_trim(0) };
+            r
         } else if changes.is_empty() {
             Default::default()
         } else {

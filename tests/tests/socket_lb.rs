@@ -407,3 +407,46 @@ fn full_map_is_reported_and_leaves_no_half_programmed_service() {
     );
     assert_eq!(sb.agent_cli(&["bpf", "lb", "list"]).unwrap(), list);
 }
+
+#[test]
+fn uninstall_detaches_the_programs_and_removes_the_pins() {
+    let mut sb = web("uninstall", 2);
+    assert_eq!(
+        backends(&sb.probe("tcp", HTTP, 4).unwrap())
+            .values()
+            .sum::<usize>(),
+        4
+    );
+    sb.stop_agent(false).unwrap();
+    sb.agent_cli(&["uninstall"]).unwrap();
+    assert!(
+        !sb.bpf_root.exists(),
+        "pins left under {}",
+        sb.bpf_root.display()
+    );
+    let progs = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(&sb.cgroup)
+        .output()
+        .unwrap();
+    let progs: Value = serde_json::from_slice(&progs.stdout).unwrap_or(Value::Array(vec![]));
+    assert_eq!(
+        progs.as_array().map_or(0, Vec::len),
+        0,
+        "still attached: {progs}"
+    );
+    // The VIP is an ordinary address again: the connect goes out untranslated
+    // (into the sandbox's sink) instead of reaching a pod.
+    let sink_before = sb.sink_tx_packets().unwrap();
+    for l in sb.probe("tcp", HTTP, 1).unwrap() {
+        assert_eq!(l["ok"], false, "{l}");
+    }
+    assert!(sb.sink_tx_packets().unwrap() > sink_before);
+    // And the CLI says what is missing.
+    let err = sb.agent_cmd().args(["bpf", "lb", "list"]).output().unwrap();
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("is not pinned"),
+        "{err:?}"
+    );
+}

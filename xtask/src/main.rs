@@ -39,6 +39,12 @@ enum Cmd {
         /// 0 and 1000 services, fewer samples: a smoke test under 3 minutes.
         #[arg(long)]
         quick: bool,
+        /// Only these numbers of background services (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<u32>,
+        /// Only these arms: baseline, iptables, nftables, lash.
+        #[arg(long, value_delimiter = ',')]
+        arms: Vec<String>,
     },
 }
 
@@ -80,12 +86,12 @@ fn main() -> anyhow::Result<()> {
             build()?;
             demo::run(hold)
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, sizes, arms } => {
             setup::setup()?;
             // Release binaries: the agent's speed is part of what is measured.
             cargo(&["build", "--workspace", "--bins", "--release"])?;
             std::env::set_var("LASH_BIN_DIR", bin_dir("release"));
-            bench::run(quick)
+            bench::run(quick, sizes, arms)
         }
     }
 }

@@ -21,19 +21,63 @@ use crate::lb::{reconcile::Change, DesiredService, L4Addr};
 
 type SvcKey = (String, String);
 
+/// A few entries kept sorted in a Vec. Most Services live in one file, have one
+/// slice and one claimant per frontend; a BTreeMap would allocate room for
+/// eleven entries each time (about 9 KiB for one Service object).
+#[derive(Debug)]
+struct SmallMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> SmallMap<K, V> {
+    fn insert(&mut self, k: K, v: V) {
+        match self.0.binary_search_by(|(x, _)| x.cmp(&k)) {
+            Ok(i) => self.0[i].1 = v,
+            Err(i) => {
+                // Vec's first growth makes room for four; one is the usual case.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (k, v))
+            }
+        }
+    }
+    fn remove(&mut self, k: &K) -> Option<V> {
+        let i = self.0.binary_search_by(|(x, _)| x.cmp(k)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
     /// Service objects by key; the same Service in two files is kept per file
     /// and the first file wins.
-    services: BTreeMap<SvcKey, BTreeMap<PathBuf, Service>>,
+    services: BTreeMap<SvcKey, SmallMap<PathBuf, Service>>,
     /// Slices by the Service they serve, keyed by (file, position in file).
-    slices: BTreeMap<SvcKey, BTreeMap<(PathBuf, usize), EndpointSlice>>,
+    slices: BTreeMap<SvcKey, SmallMap<(PathBuf, usize), EndpointSlice>>,
     /// The frontends each Service translated to last time it translated.
     translated: BTreeMap<SvcKey, Vec<DesiredService>>,
     /// Why a Service is not (or no longer) translated as it is written.
     errors: BTreeMap<SvcKey, String>,
     /// frontend -> (DesiredService name -> Service) of everyone claiming it.
-    claims: BTreeMap<L4Addr, BTreeMap<String, SvcKey>>,
+    claims: BTreeMap<L4Addr, SmallMap<String, SvcKey>>,
 }
 
 impl ServiceIndex {
@@ -41,8 +85,7 @@ impl ServiceIndex {
     pub fn apply_files(&mut self, changes: Vec<FileChange>) -> Vec<Change> {
         let mut affected: BTreeSet<SvcKey> = BTreeSet::new();
         for c in changes {
-            for svc in &c.old.services {
-                let key = service_key(svc);
+            for key in c.old.services {
                 if let Some(by_file) = self.services.get_mut(&key) {
                     by_file.remove(&c.path);
                     if by_file.is_empty() {
@@ -51,8 +94,8 @@ impl ServiceIndex {
                 }
                 affected.insert(key);
             }
-            for (i, slice) in c.old.slices.iter().enumerate() {
-                if let Some(key) = slice_service(slice) {
+            for (i, key) in c.old.slices.into_iter().enumerate() {
+                if let Some(key) = key {
                     if let Some(m) = self.slices.get_mut(&key) {
                         m.remove(&(c.path.clone(), i));
                         if m.is_empty() {
@@ -334,7 +377,11 @@ mod tests {
                         None => self.files.remove(&path),
                     }
                     .unwrap_or_default();
-                    FileChange { path, old, new }
+                    FileChange {
+                        path,
+                        old: crate::k8s::manifests::FileKeys::of(&old),
+                        new,
+                    }
                 })
                 .collect();
             self.index.apply_files(changes)

@@ -44,11 +44,37 @@ pub struct Snapshot {
     pub errors: Vec<String>,
 }
 
-/// One file's objects before and after a refresh.
+/// What a file contributed: the Service of each of its Services and slices
+/// (None for a slice that names no Service). Enough to take them out of the
+/// index again when the file changes, without keeping the objects twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileKeys {
+    pub services: Vec<(String, String)>,
+    pub slices: Vec<Option<(String, String)>>,
+}
+
+impl FileKeys {
+    pub fn of(objects: &FileObjects) -> Self {
+        FileKeys {
+            services: objects
+                .services
+                .iter()
+                .map(super::translate::service_key)
+                .collect(),
+            slices: objects
+                .slices
+                .iter()
+                .map(super::translate::slice_service)
+                .collect(),
+        }
+    }
+}
+
+/// One file's objects before (their keys) and after a refresh.
 #[derive(Debug)]
 pub struct FileChange {
     pub path: PathBuf,
-    pub old: FileObjects,
+    pub old: FileKeys,
     pub new: FileObjects,
 }
 
@@ -85,8 +111,8 @@ impl Stamp {
 #[derive(Debug)]
 struct FileState {
     stamp: Stamp,
-    /// The last objects the file parsed to (empty if it never did).
-    objects: FileObjects,
+    /// What the last good parse of the file contributed (empty if none).
+    keys: FileKeys,
     /// Why the file as it is now does not parse.
     error: Option<String>,
 }
@@ -96,6 +122,9 @@ struct FileState {
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Full objects per file, for `load` (tests only; the agent uses the index).
+    #[cfg(test)]
+    full: BTreeMap<PathBuf, FileObjects>,
 }
 
 impl ManifestDir {
@@ -103,6 +132,8 @@ impl ManifestDir {
         ManifestDir {
             dir: dir.into(),
             files: BTreeMap::new(),
+            #[cfg(test)]
+            full: BTreeMap::new(),
         }
     }
 
@@ -136,7 +167,7 @@ impl ManifestDir {
             if let Some(st) = self.files.remove(&path) {
                 out.changed.push(FileChange {
                     path,
-                    old: st.objects,
+                    old: st.keys,
                     new: FileObjects::default(),
                 });
             }
@@ -152,14 +183,16 @@ impl ManifestDir {
                 });
             let st = self.files.entry(path.clone()).or_insert(FileState {
                 stamp,
-                objects: FileObjects::default(),
+                keys: FileKeys::default(),
                 error: None,
             });
             st.stamp = stamp;
             match parsed {
                 Ok(objects) => {
                     st.error = None;
-                    let old = std::mem::replace(&mut st.objects, objects.clone());
+                    // Only what names the objects is kept here: the index holds
+                    // the objects themselves, once.
+                    let old = std::mem::replace(&mut st.keys, FileKeys::of(&objects));
                     out.changed.push(FileChange {
                         path,
                         old,
@@ -173,7 +206,7 @@ impl ManifestDir {
             if let Some(e) = &st.error {
                 out.errors.push(format!(
                     "{e} (keeping the {} objects it last gave)",
-                    st.objects.services.len() + st.objects.slices.len()
+                    st.keys.services.len() + st.keys.slices.len()
                 ));
             }
         }
@@ -184,15 +217,22 @@ impl ManifestDir {
     #[cfg(test)]
     pub fn load(&mut self) -> Result<Snapshot, ManifestError> {
         let refresh = self.refresh()?;
+        for c in refresh.changed {
+            if self.files.contains_key(&c.path) {
+                self.full.insert(c.path, c.new);
+            } else {
+                self.full.remove(&c.path);
+            }
+        }
         let mut snap = Snapshot {
             errors: refresh.errors,
             ..Default::default()
         };
-        for (path, st) in &self.files {
+        for (path, objects) in &self.full {
             snap.service_files
-                .extend(st.objects.services.iter().map(|_| path.clone()));
-            snap.services.extend(st.objects.services.iter().cloned());
-            snap.slices.extend(st.objects.slices.iter().cloned());
+                .extend(objects.services.iter().map(|_| path.clone()));
+            snap.services.extend(objects.services.iter().cloned());
+            snap.slices.extend(objects.slices.iter().cloned());
         }
         Ok(snap)
     }
@@ -217,6 +257,45 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileObjects, String> {
     } else {
         parse(text)
     }
+}
+
+/// Keeps what translation and the index read, drops the rest (status,
+/// annotations, managedFields and the like can be most of an object), and
+/// gives back the spare room of vectors: the index holds these for as long as
+/// the object exists.
+fn trim_service(mut s: Service) -> Service {
+    s.status = None;
+    s.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: s.metadata.name.take(),
+        namespace: s.metadata.namespace.take(),
+        ..Default::default()
+    };
+    s
+}
+
+fn trim_slice(mut s: EndpointSlice) -> EndpointSlice {
+    s.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: s.metadata.name.take(),
+        namespace: s.metadata.namespace.take(),
+        labels: s.metadata.labels.take().map(|mut l| {
+            l.retain(|k, _| k == super::translate::SERVICE_NAME_LABEL);
+            l
+        }),
+        ..Default::default()
+    };
+    for ep in &mut s.endpoints {
+        ep.target_ref = None;
+        ep.hints = None;
+        ep.deprecated_topology = None;
+        ep.node_name = None;
+        ep.zone = None;
+        ep.addresses.shrink_to_fit();
+    }
+    s.endpoints.shrink_to_fit();
+    if let Some(p) = s.ports.as_mut() {
+        p.shrink_to_fit();
+    }
+    s
 }
 
 /// A decoded document, YAML or JSON.
@@ -244,24 +323,6 @@ impl Doc for serde_yaml::Value {
     }
 }
 
-impl Doc for serde_json::Value {
-    fn str_field(&self, key: &str) -> Option<String> {
-        self.get(key).and_then(|x| x.as_str()).map(str::to_string)
-    }
-    fn into_items(self) -> Option<Vec<Self>> {
-        match self {
-            serde_json::Value::Object(mut m) => match m.remove("items") {
-                Some(serde_json::Value::Array(items)) => Some(items),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-    fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
-        serde_json::from_value(self).map_err(|e| e.to_string())
-    }
-}
-
 /// Sorts one decoded object into `out` by apiVersion and kind. Kinds other
 /// than Service and EndpointSlice are skipped (a manifest directory often holds
 /// Deployments too); a `v1` List contributes its items.
@@ -269,16 +330,16 @@ fn add_object<V: Doc>(out: &mut FileObjects, value: V, what: &str) -> Result<(),
     let api = value.str_field("apiVersion").unwrap_or_default();
     let kind = value.str_field("kind").unwrap_or_default();
     match (api.as_str(), kind.as_str()) {
-        ("v1", "Service") => out.services.push(
+        ("v1", "Service") => out.services.push(trim_service(
             value
                 .decode()
                 .map_err(|e| format!("{what} (Service): {e}"))?,
-        ),
-        ("discovery.k8s.io/v1", "EndpointSlice") => out.slices.push(
+        )),
+        ("discovery.k8s.io/v1", "EndpointSlice") => out.slices.push(trim_slice(
             value
                 .decode()
                 .map_err(|e| format!("{what} (EndpointSlice): {e}"))?,
-        ),
+        )),
         (_, "List") => {
             let list = value
                 .into_items()
@@ -311,15 +372,49 @@ pub fn parse(text: &str) -> Result<FileObjects, String> {
     Ok(out)
 }
 
+/// The fields that say what a JSON object is. Items of a List stay raw text,
+/// so a big List is decoded item by item into typed objects without building
+/// a tree of the whole file first.
+#[derive(Deserialize)]
+struct JsonHead<'a> {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default, borrow)]
+    items: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+fn add_json(out: &mut FileObjects, text: &str, what: &str) -> Result<(), String> {
+    let head: JsonHead = serde_json::from_str(text).map_err(|e| format!("{what}: {e}"))?;
+    match (head.api_version.as_str(), head.kind.as_str()) {
+        ("v1", "Service") => out.services.push(trim_service(
+            serde_json::from_str(text).map_err(|e| format!("{what} (Service): {e}"))?,
+        )),
+        ("discovery.k8s.io/v1", "EndpointSlice") => out.slices.push(trim_slice(
+            serde_json::from_str(text).map_err(|e| format!("{what} (EndpointSlice): {e}"))?,
+        )),
+        (_, "List") => {
+            let items = head
+                .items
+                .ok_or_else(|| format!("{what}: a List without items"))?;
+            for (i, raw) in items.iter().enumerate() {
+                add_json(out, raw.get(), &format!("{what} item {}", i + 1))?;
+            }
+        }
+        (_, "") => return Err(format!("{what}: not a Kubernetes object (no kind)")),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Parses a JSON file: one object, or a List of them.
 pub fn parse_json(text: &str) -> Result<FileObjects, String> {
     let mut out = FileObjects::default();
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("document 1: {e}"))?;
-    if !value.is_object() {
+    if !text.trim_start().starts_with('{') {
         return Err("document 1: not a Kubernetes object (not an object)".into());
     }
-    add_object(&mut out, value, "document 1")?;
+    add_json(&mut out, text, "document 1")?;
     Ok(out)
 }
 
@@ -443,7 +538,10 @@ spec:
         let r = md.refresh().unwrap();
         assert_eq!(r.changed.len(), 1);
         assert!(r.changed[0].path.ends_with("b.yaml"));
-        assert_eq!(names(&r.changed[0].old.services), ["b"]);
+        assert_eq!(
+            r.changed[0].old.services,
+            [("default".to_string(), "b".to_string())]
+        );
         std::fs::remove_file(dir.0.join("a.yaml")).unwrap();
         let r = md.refresh().unwrap();
         assert_eq!(r.changed.len(), 1);

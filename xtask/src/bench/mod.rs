@@ -185,7 +185,7 @@ fn pod_names(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("pod-{}", i + 1)).collect()
 }
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()> {
     let plan = if quick {
         Plan {
             sizes: vec![0, 1000],
@@ -199,11 +199,25 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             rr_millis: 1000,
         }
     };
+    let mut plan = plan;
+    if !sizes.is_empty() {
+        plan.sizes = sizes;
+    }
+    let arms: Vec<Arm> = ARMS
+        .into_iter()
+        .filter(|a| arms.is_empty() || arms.iter().any(|n| n == a.name()))
+        .collect();
+    // A partial run is for looking at, not the results of record.
+    let partial = arms.len() < ARMS.len() || plan.sizes.len() < if quick { 2 } else { 4 };
     let mut sb = Sandbox::new("bench", 6).context("building the sandbox")?;
     sb.start_pod_servers_on(Some(SERVER_CPU))?;
     let pods: Vec<Ipv4Addr> = sb.pods.iter().map(|p| p.ip).collect();
     let mut results = Results::default();
 
+    // An arm whose full sync took longer than this is not run at larger sizes:
+    // its cost grows faster than linearly, and one run must stay affordable.
+    const SKIP_AFTER_MS: f64 = 60_000.0;
+    let mut too_slow: Vec<(Arm, u32, f64)> = Vec::new();
     for &n in &plan.sizes {
         eprintln!("bench: {n} background services");
         let before = services::all(n, services::target(&pods[0..3]));
@@ -214,8 +228,19 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         let new_names: Vec<&str> = new_names.iter().map(String::as_str).collect();
         let vip = format!("{TARGET_VIP}:{TARGET_PORT}");
 
-        for arm in ARMS {
+        for &arm in &arms {
             eprintln!("bench:   {}", arm.name());
+            if let Some((_, at, ms)) = too_slow.iter().find(|(a, _, _)| *a == arm) {
+                let why = format!(
+                    "not run: its full sync took {:.0} s at {at} services",
+                    ms / 1e3
+                );
+                eprintln!("bench:   {} at {n}: {why}", arm.name());
+                results
+                    .controlplane
+                    .push(json!({"services": n, "arm": arm.name(), "error": why}));
+                continue;
+            }
             let ctx = ArmCtx {
                 n,
                 arm,
@@ -228,7 +253,19 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                 vip: &vip,
                 pods: &pods,
             };
-            if let Err(e) = run_arm(&mut sb, &ctx, &mut results) {
+            let result = run_arm(&mut sb, &ctx, &mut results);
+            if let Some(ms) = results
+                .controlplane
+                .iter()
+                .rev()
+                .find(|r| r["services"] == n && r["arm"] == arm.name())
+                .and_then(|r| r["full_sync_ms"].as_f64())
+            {
+                if ms > SKIP_AFTER_MS {
+                    too_slow.push((arm, n, ms));
+                }
+            }
+            if let Err(e) = result {
                 // One arm failing (a tool missing, a timeout at a size) must not
                 // lose the others: record it, clean up, go on.
                 eprintln!("bench:   {} at {n} failed: {e:#}", arm.name());
@@ -240,7 +277,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         }
     }
     drop(sb);
-    report(&results, quick)
+    report(&results, quick, partial)
 }
 
 struct ArmCtx<'a> {
@@ -539,7 +576,7 @@ fn fmt_opt(v: &Value, digits: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn report(r: &Results, quick: bool) -> anyhow::Result<()> {
+fn report(r: &Results, quick: bool, partial: bool) -> anyhow::Result<()> {
     let machine = machine();
     let mut md = String::new();
     let _ = writeln!(
@@ -574,6 +611,15 @@ fn report(r: &Results, quick: bool) -> anyhow::Result<()> {
     );
     let _ = writeln!(md, "|---:|---|---:|---:|");
     for row in &r.controlplane {
+        if let Some(e) = row["error"].as_str() {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {e} | |",
+                row["services"],
+                row["arm"].as_str().unwrap_or("")
+            );
+            continue;
+        }
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} |",
@@ -615,7 +661,13 @@ fn report(r: &Results, quick: bool) -> anyhow::Result<()> {
     });
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
-    let name = if quick { "quick.json" } else { "latest.json" };
+    let name = if partial {
+        "partial.json"
+    } else if quick {
+        "quick.json"
+    } else {
+        "latest.json"
+    };
     std::fs::write(dir.join(name), serde_json::to_string_pretty(&json)?)?;
     std::fs::write(dir.join(name.replace(".json", ".md")), &md)?;
     eprintln!("bench: wrote {}", dir.join(name).display());
