@@ -32,12 +32,14 @@ pub fn status_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Written to a temporary file and renamed, so a reader never sees half of it.
+/// Not synced to disk: it describes a running process and is rewritten on
+/// every reconcile, so an fsync would only slow the reconcile down.
 pub fn write_status(state_dir: &Path, status: &AgentStatus) -> std::io::Result<()> {
     fs::create_dir_all(state_dir)?;
     let tmp = state_dir.join(".status.json.tmp");
     let mut f = fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
+    drop(f);
     fs::rename(&tmp, status_path(state_dir))
 }
 
