@@ -400,23 +400,7 @@ impl Reconciler {
                     touched_backends.remove(id);
                 }
             }
-            let gone: Vec<(L4Addr, u32)> = self
-                .programmed
-                .backends
-                .iter()
-                .filter(|(_, b)| touched_backends.contains(&b.id))
-                .map(|(a, b)| (*a, b.id))
-                .collect();
-            for (addr, id) in gone {
-                match maps.del_backend(id) {
-                    Ok(()) => {
-                        self.programmed.backends.remove(&addr);
-                        self.backend_ids.remove(&id);
-                        report.backends_removed += 1;
-                    }
-                    Err(e) => report.errors.push(format!("removing backend {addr}: {e}")),
-                }
-            }
+            self.delete_backends(|id| touched_backends.contains(&id), maps, &mut report);
         }
         // Backends that stay but that a service stopped (or started) wanting
         // active, e.g. the last service with it active went.
@@ -520,23 +504,7 @@ impl Reconciler {
             .values()
             .flat_map(|s| s.slots.values().copied())
             .collect();
-        let unused: Vec<(L4Addr, u32)> = self
-            .programmed
-            .backends
-            .iter()
-            .filter(|(_, b)| !referenced.contains(&b.id))
-            .map(|(a, b)| (*a, b.id))
-            .collect();
-        for (addr, id) in unused {
-            match maps.del_backend(id) {
-                Ok(()) => {
-                    self.programmed.backends.remove(&addr);
-                    self.backend_ids.remove(&id);
-                    report.backends_removed += 1;
-                }
-                Err(e) => report.errors.push(format!("removing backend {addr}: {e}")),
-            }
-        }
+        self.delete_backends(|id| !referenced.contains(&id), maps, &mut report);
         report
     }
 
@@ -681,6 +649,33 @@ impl Reconciler {
             .backends
             .insert(*addr, ProgrammedBackend { id, state });
         Ok(true)
+    }
+
+    /// Deletes the backends `pick` selects. Callers pick only backends that no
+    /// slot names any more.
+    fn delete_backends<M: LbMapWriter>(
+        &mut self,
+        pick: impl Fn(u32) -> bool,
+        maps: &mut M,
+        report: &mut Report,
+    ) {
+        let doomed: Vec<(L4Addr, u32)> = self
+            .programmed
+            .backends
+            .iter()
+            .filter(|(_, b)| pick(b.id))
+            .map(|(a, b)| (*a, b.id))
+            .collect();
+        for (addr, id) in doomed {
+            match maps.del_backend(id) {
+                Ok(()) => {
+                    self.programmed.backends.remove(&addr);
+                    self.backend_ids.remove(&id);
+                    report.backends_removed += 1;
+                }
+                Err(e) => report.errors.push(format!("removing backend {addr}: {e}")),
+            }
+        }
     }
 
     fn alloc_backend_id(&mut self) -> u32 {
