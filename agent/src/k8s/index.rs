@@ -11,11 +11,11 @@ use std::{
     path::PathBuf,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-
 use super::{
     manifests::FileChange,
-    translate::{service_key, slice_service, translate_one},
+    translate::{
+        join, service_key, service_ports, slice_facts, slice_service, ServicePort, SliceFacts,
+    },
 };
 use crate::lb::{reconcile::Change, DesiredService, L4Addr};
 
@@ -67,11 +67,13 @@ impl<K: Ord, V> SmallMap<K, V> {
 
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
-    /// Service objects by key; the same Service in two files is kept per file
-    /// and the first file wins.
-    services: BTreeMap<SvcKey, SmallMap<PathBuf, Service>>,
+    /// Each Service's frontends as its spec gives them (or why it cannot be
+    /// served), by key; the same Service in two files is kept per file and the
+    /// first file wins. Compact forms, not the objects: the index lives as
+    /// long as the agent and holds the whole cluster.
+    services: BTreeMap<SvcKey, SmallMap<PathBuf, Result<Vec<ServicePort>, String>>>,
     /// Slices by the Service they serve, keyed by (file, position in file).
-    slices: BTreeMap<SvcKey, SmallMap<(PathBuf, usize), EndpointSlice>>,
+    slices: BTreeMap<SvcKey, SmallMap<(PathBuf, usize), SliceFacts>>,
     /// The frontends each Service translated to last time it translated.
     translated: BTreeMap<SvcKey, Vec<DesiredService>>,
     /// Why a Service is not (or no longer) translated as it is written.
@@ -110,7 +112,7 @@ impl ServiceIndex {
                 self.services
                     .entry(key.clone())
                     .or_default()
-                    .insert(c.path.clone(), svc);
+                    .insert(c.path.clone(), service_ports(&svc));
                 affected.insert(key);
             }
             for (i, slice) in c.new.slices.into_iter().enumerate() {
@@ -118,7 +120,7 @@ impl ServiceIndex {
                     self.slices
                         .entry(key.clone())
                         .or_default()
-                        .insert((c.path.clone(), i), slice);
+                        .insert((c.path.clone(), i), slice_facts(&slice));
                     affected.insert(key);
                 }
             }
@@ -165,8 +167,8 @@ impl ServiceIndex {
             return Vec::new();
         };
         let mut files = by_file.iter();
-        let (path, svc) = files.next().expect("entries are removed when empty");
-        let slices: Vec<&EndpointSlice> = self
+        let (path, ports) = files.next().expect("entries are removed when empty");
+        let slices: Vec<&SliceFacts> = self
             .slices
             .get(key)
             .map(|m| m.values().collect())
@@ -174,7 +176,11 @@ impl ServiceIndex {
         let dup = files
             .map(|(p, _)| p.display().to_string())
             .collect::<Vec<_>>();
-        match translate_one(svc, &slices) {
+        match ports
+            .as_ref()
+            .map(|p| join(p, &slices))
+            .map_err(Clone::clone)
+        {
             Ok(v) => {
                 if dup.is_empty() {
                     self.errors.remove(key);
@@ -255,6 +261,7 @@ mod tests {
         },
         lb::{BackendState, Proto},
     };
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
     /// A Service; ports are (name, port, protocol), an empty name for none.
     fn service(ns: &str, name: &str, ip: &str, ports: &[(&str, u32, &str)]) -> String {

@@ -93,11 +93,81 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice]) -> Vec<Translat
         .collect()
 }
 
-/// The frontends of one Service, given the slices that belong to it.
+/// The frontends of one Service, given the slices that belong to it. The
+/// agent does the same in two steps (`service_ports`, `join`) through the index.
+#[cfg(test)]
 pub fn translate_one(
     svc: &Service,
     slices: &[&EndpointSlice],
 ) -> Result<Vec<DesiredService>, String> {
+    let facts: Vec<SliceFacts> = slices.iter().map(|s| slice_facts(s)).collect();
+    let facts: Vec<&SliceFacts> = facts.iter().collect();
+    Ok(join(&service_ports(svc)?, &facts))
+}
+
+/// One frontend of a Service before its backends are known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// "namespace/name" or "namespace/name:port-name".
+    pub name: String,
+    /// The port's name, which the EndpointSlice ports repeat.
+    pub port_name: String,
+    pub frontend: L4Addr,
+}
+
+/// What of an EndpointSlice translation reads: its ports and its endpoints'
+/// first addresses and conditions. A few dozen bytes instead of the object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceFacts {
+    pub ports: Vec<(String, Proto, u16)>,
+    pub endpoints: Vec<(Ipv4Addr, Conditions)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conditions {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+pub fn slice_facts(slice: &EndpointSlice) -> SliceFacts {
+    let mut ports: Vec<(String, Proto, u16)> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|sp| {
+            let proto = proto(sp.protocol.as_ref()).ok()?;
+            let port = u16::try_from(sp.port?).ok()?;
+            Some((sp.name.clone().unwrap_or_default(), proto, port))
+        })
+        .collect();
+    ports.shrink_to_fit();
+    let mut endpoints: Vec<(Ipv4Addr, Conditions)> = slice
+        .endpoints
+        .iter()
+        .filter_map(|ep| {
+            // kube-proxy uses the first address of an endpoint.
+            let ip = ep.addresses.first()?.parse::<Ipv4Addr>().ok()?;
+            let c = ep.conditions.as_ref();
+            // Unknown readiness counts as ready (API documentation).
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            Some((
+                ip,
+                Conditions {
+                    ready,
+                    serving: c.and_then(|c| c.serving).unwrap_or(ready),
+                    terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                },
+            ))
+        })
+        .collect();
+    endpoints.shrink_to_fit();
+    SliceFacts { ports, endpoints }
+}
+
+/// The frontends a Service asks for, or why it cannot be served. Empty for
+/// Services with nothing to balance (headless, ExternalName).
+pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
     let id = ns_name(svc.metadata.namespace.as_ref(), svc.metadata.name.as_ref());
     if svc.metadata.name.is_none() {
         return Err("metadata.name is missing".into());
@@ -145,74 +215,77 @@ pub fn translate_one(
             .ok_or_else(|| format!("{where_}.port {} is not a port number", p.port))?;
         let proto = proto(p.protocol.as_ref()).map_err(|e| format!("{where_}: {e}"))?;
         let port_name = p.name.clone().unwrap_or_default();
-        let backends = backends_for(slices, &port_name, proto);
         for ip in &v4 {
-            out.push(DesiredService {
+            out.push(ServicePort {
                 name: if port_name.is_empty() {
                     id.clone()
                 } else {
                     format!("{id}:{port_name}")
                 },
+                port_name: port_name.clone(),
                 frontend: L4Addr {
                     ip: *ip,
                     port,
                     proto,
                 },
-                kind: ServiceKind::ClusterIP,
-                backends: backends.clone(),
             });
         }
     }
+    out.shrink_to_fit();
     Ok(out)
+}
+
+/// A Service's frontends with the backends its slices give each.
+pub fn join(ports: &[ServicePort], slices: &[&SliceFacts]) -> Vec<DesiredService> {
+    let mut out: Vec<DesiredService> = ports
+        .iter()
+        .map(|p| DesiredService {
+            name: p.name.clone(),
+            frontend: p.frontend,
+            kind: ServiceKind::ClusterIP,
+            backends: backends_for(slices, &p.port_name, p.frontend.proto),
+        })
+        .collect();
+    out.shrink_to_fit();
+    out
 }
 
 /// The backends for one service port: ready endpoints, else serving and
 /// terminating ones (so a rolling update does not drop to zero at the end).
+/// The slice port carries the resolved target port, so named targetPorts
+/// need nothing more.
 fn backends_for(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceFacts],
     port_name: &str,
     proto: Proto,
 ) -> Vec<(L4Addr, BackendState)> {
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
     for slice in slices {
-        let Some(port) = slice.ports.iter().flatten().find_map(|sp| {
-            let name_matches = sp.name.as_deref().unwrap_or("") == port_name;
-            let proto_matches = self::proto(sp.protocol.as_ref()).ok() == Some(proto);
-            (name_matches && proto_matches)
-                .then_some(sp.port)
-                .flatten()
-                .and_then(|p| u16::try_from(p).ok())
-        }) else {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .find(|(n, p, _)| n == port_name && *p == proto)
+            .map(|(_, _, port)| *port)
+        else {
             continue;
         };
-        for ep in &slice.endpoints {
-            // kube-proxy uses the first address of an endpoint.
-            let Some(ip) = ep
-                .addresses
-                .first()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok())
-            else {
-                continue;
+        for (ip, c) in &slice.endpoints {
+            let addr = L4Addr {
+                ip: *ip,
+                port,
+                proto,
             };
-            let c = ep.conditions.as_ref();
-            // Unknown readiness counts as ready (API documentation).
-            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let is_serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            let addr = L4Addr { ip, port, proto };
-            if is_ready {
+            if c.ready {
                 ready.push((addr, BackendState::Active));
-            } else if is_serving && is_terminating {
+            } else if c.serving && c.terminating {
                 terminating.push((addr, BackendState::Terminating));
             }
         }
     }
-    if ready.is_empty() {
-        terminating
-    } else {
-        ready
-    }
+    let mut chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.shrink_to_fit();
+    chosen
 }
 
 #[cfg(test)]
