@@ -140,7 +140,13 @@ fn time_change(
     }
     writeln!(stdin, "go")?;
     stdin.flush()?;
-    apply()?;
+    if let Err(e) = apply() {
+        // The probe would poll on inside the sandbox's cgroup and keep it from
+        // being removed: end it (ours, by its id) before giving up.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     line.clear();
     out.read_line(&mut line)?;
     child.wait()?;
