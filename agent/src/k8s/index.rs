@@ -80,6 +80,8 @@ pub struct ServiceIndex {
     errors: BTreeMap<SvcKey, String>,
     /// frontend -> (DesiredService name -> Service) of everyone claiming it.
     claims: BTreeMap<L4Addr, SmallMap<String, SvcKey>>,
+    /// Frontends with more than one claimant, so `errors` need not scan claims.
+    clashes: BTreeSet<L4Addr>,
 }
 
 impl ServiceIndex {
@@ -148,6 +150,13 @@ impl ServiceIndex {
             }
             if !new.is_empty() {
                 self.translated.insert(key, new);
+            }
+        }
+        for fe in &touched {
+            if self.claims.get(fe).is_some_and(|c| c.len() > 1) {
+                self.clashes.insert(*fe);
+            } else {
+                self.clashes.remove(fe);
             }
         }
         touched
@@ -234,7 +243,11 @@ impl ServiceIndex {
     /// Translation errors and frontend clashes, one line each.
     pub fn errors(&self) -> Vec<String> {
         let mut out: Vec<String> = self.errors.values().cloned().collect();
-        for (fe, claimants) in &self.claims {
+        for (fe, claimants) in self
+            .clashes
+            .iter()
+            .filter_map(|fe| Some((fe, self.claims.get(fe)?)))
+        {
             if claimants.len() > 1 {
                 let mut names = claimants.keys();
                 let owner = names.next().expect("len > 1");

@@ -153,8 +153,14 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     programmed: Programmed,
-    /// Backend ids and rev-NAT indexes in use, so allocation is O(log n).
-    backend_ids: BTreeSet<u32>,
+    /// Backend ids in use and their addresses, so allocation is O(log n) and a
+    /// backend can be found by id.
+    backend_ids: BTreeMap<u32, L4Addr>,
+    /// Backend id -> how many slots name it, kept by `set_service`, so the
+    /// clean-up after a change looks only at the backends it touched.
+    refs: BTreeMap<u32, usize>,
+    /// lb4_services entries in use, kept by `set_service`.
+    entries: usize,
     rev_nats: BTreeSet<u16>,
     next_backend_id: u32,
     next_rev_nat: u16,
@@ -168,7 +174,19 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(programmed: Programmed) -> Self {
-        let backend_ids = programmed.backends.values().map(|b| b.id).collect();
+        let backend_ids = programmed
+            .backends
+            .iter()
+            .map(|(a, b)| (b.id, *a))
+            .collect();
+        let mut refs: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut entries = 0;
+        for s in programmed.services.values() {
+            entries += usize::from(s.has_frontend) + s.slots.len();
+            for id in s.slots.values() {
+                *refs.entry(*id).or_default() += 1;
+            }
+        }
         let rev_nats = programmed
             .services
             .values()
@@ -198,6 +216,8 @@ impl Reconciler {
         let mut r = Reconciler {
             programmed,
             backend_ids,
+            refs,
+            entries,
             rev_nats,
             next_backend_id: 1,
             next_rev_nat: 1,
@@ -251,10 +271,23 @@ impl Reconciler {
     fn set_service(&mut self, fe: L4Addr, svc: Option<ProgrammedService>) {
         if let Some(old) = self.programmed.services.remove(&fe) {
             self.rev_nats.remove(&old.rev_nat);
+            self.entries -= usize::from(old.has_frontend) + old.slots.len();
+            for id in old.slots.values() {
+                if let Some(n) = self.refs.get_mut(id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.refs.remove(id);
+                    }
+                }
+            }
         }
         if let Some(new) = svc {
             if new.rev_nat != 0 {
                 self.rev_nats.insert(new.rev_nat);
+            }
+            self.entries += usize::from(new.has_frontend) + new.slots.len();
+            for id in new.slots.values() {
+                *self.refs.entry(*id).or_default() += 1;
             }
             self.programmed.services.insert(fe, new);
         }
@@ -297,12 +330,7 @@ impl Reconciler {
                 .collect();
             let old = self.programmed.services.get(&d.frontend);
             let old_entries = old.map_or(0, |s| usize::from(s.has_frontend) + s.slots.len());
-            let entries: usize = self
-                .programmed
-                .services
-                .values()
-                .map(|s| usize::from(s.has_frontend) + s.slots.len())
-                .sum();
+            let entries = self.entries;
             let new_backends = list
                 .iter()
                 .filter(|(a, _)| !self.programmed.backends.contains_key(a))
@@ -394,14 +422,11 @@ impl Reconciler {
             }
         }
         // Backends that lost a slot in this change and are named by none now.
-        if !touched_backends.is_empty() {
-            for s in self.programmed.services.values() {
-                for id in s.slots.values() {
-                    touched_backends.remove(id);
-                }
-            }
-            self.delete_backends(|id| touched_backends.contains(&id), maps, &mut report);
-        }
+        let unnamed: Vec<u32> = touched_backends
+            .into_iter()
+            .filter(|id| !self.refs.contains_key(id))
+            .collect();
+        self.delete_backends(unnamed, maps, &mut report);
         // Backends that stay but that a service stopped (or started) wanting
         // active, e.g. the last service with it active went.
         for addr in restate {
@@ -498,13 +523,13 @@ impl Reconciler {
         }
 
         // 4. Backends no slot names any more.
-        let referenced: BTreeSet<u32> = self
-            .programmed
-            .services
-            .values()
-            .flat_map(|s| s.slots.values().copied())
+        let unnamed: Vec<u32> = self
+            .backend_ids
+            .keys()
+            .filter(|id| !self.refs.contains_key(id))
+            .copied()
             .collect();
-        self.delete_backends(|id| !referenced.contains(&id), maps, &mut report);
+        self.delete_backends(unnamed, maps, &mut report);
         report
     }
 
@@ -607,25 +632,39 @@ impl Reconciler {
         fe: &L4Addr,
         maps: &mut M,
     ) -> Result<(), MapWriteError> {
-        let s = self
+        // Work on a copy and record it whatever happens, so the counts kept
+        // by set_service follow every delete that went through.
+        let mut s = self
             .programmed
             .services
-            .get_mut(fe)
+            .get(fe)
+            .cloned()
             .expect("caller checked");
-        if s.has_frontend {
-            maps.del_service(&lb4_services::key(fe, 0))?;
-            s.has_frontend = false;
-            s.count = 0;
+        let result = (|| {
+            if s.has_frontend {
+                maps.del_service(&lb4_services::key(fe, 0))?;
+                s.has_frontend = false;
+                s.count = 0;
+            }
+            while let Some((&slot, _)) = s.slots.last_key_value() {
+                maps.del_service(&lb4_services::key(fe, slot))?;
+                s.slots.remove(&slot);
+            }
+            if s.rev_nat != 0 {
+                maps.del_rev_nat(s.rev_nat)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.set_service(*fe, None);
+                Ok(())
+            }
+            Err(e) => {
+                self.set_service(*fe, Some(s));
+                Err(e)
+            }
         }
-        while let Some((&slot, _)) = s.slots.last_key_value() {
-            maps.del_service(&lb4_services::key(fe, slot))?;
-            s.slots.remove(&slot);
-        }
-        if s.rev_nat != 0 {
-            maps.del_rev_nat(s.rev_nat)?;
-        }
-        self.set_service(*fe, None);
-        Ok(())
     }
 
     /// Writes a backend if it is new or its state changed. Ok(true) if new.
@@ -644,27 +683,24 @@ impl Reconciler {
         }
         let id = self.alloc_backend_id();
         maps.put_backend(id, &lb4_backends::value(addr, state))?;
-        self.backend_ids.insert(id);
+        self.backend_ids.insert(id, *addr);
         self.programmed
             .backends
             .insert(*addr, ProgrammedBackend { id, state });
         Ok(true)
     }
 
-    /// Deletes the backends `pick` selects. Callers pick only backends that no
+    /// Deletes the backends with these ids. Callers pass only backends that no
     /// slot names any more.
     fn delete_backends<M: LbMapWriter>(
         &mut self,
-        pick: impl Fn(u32) -> bool,
+        ids: Vec<u32>,
         maps: &mut M,
         report: &mut Report,
     ) {
-        let doomed: Vec<(L4Addr, u32)> = self
-            .programmed
-            .backends
-            .iter()
-            .filter(|(_, b)| pick(b.id))
-            .map(|(a, b)| (*a, b.id))
+        let doomed: Vec<(L4Addr, u32)> = ids
+            .into_iter()
+            .filter_map(|id| self.backend_ids.get(&id).map(|a| (*a, id)))
             .collect();
         for (addr, id) in doomed {
             match maps.del_backend(id) {
@@ -680,7 +716,7 @@ impl Reconciler {
 
     fn alloc_backend_id(&mut self) -> u32 {
         let mut id = self.next_backend_id.max(1);
-        while self.backend_ids.contains(&id) {
+        while self.backend_ids.contains_key(&id) {
             id = id.checked_add(1).unwrap_or(1);
         }
         self.next_backend_id = id.wrapping_add(1);

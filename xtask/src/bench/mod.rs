@@ -382,9 +382,15 @@ fn run_arm(sb: &mut Sandbox, c: &ArmCtx, results: &mut Results) -> anyhow::Resul
                 sb.write_manifest("target.yaml", &target_yaml)
             })?;
             let pid = sb.agent_pid().unwrap_or(0);
+            // The agent's own time for that change (refresh, translate, map
+            // writes), from its status: what of one_change_ms is ours.
+            let agent_ms = std::fs::read_to_string(sb.state_dir().join("status.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["last_sync_ms"].as_f64());
             let row = json!({
                 "services": n, "agent_rss_mib": rss_mib(pid), "bpf_map_mib": map_memory_mib(&sb.bpf_root),
-                "bpf_ns_per_connect": per_call,
+                "bpf_ns_per_connect": per_call, "agent_change_ms": agent_ms,
             });
             eprintln!("bench:     {row}");
             results.lash.push(row);
@@ -643,11 +649,12 @@ fn report(r: &Results, quick: bool, partial: bool) -> anyhow::Result<()> {
     for row in &r.lash {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             row["services"],
             fmt_opt(&row["agent_rss_mib"], 1),
             fmt_opt(&row["bpf_map_mib"], 1),
-            fmt_opt(&row["bpf_ns_per_connect"], 0)
+            fmt_opt(&row["bpf_ns_per_connect"], 0),
+            fmt_opt(&row["agent_change_ms"], 2)
         );
     }
     print!("{md}");
