@@ -378,9 +378,12 @@ fn run_arm(sb: &mut Sandbox, c: &ArmCtx, results: &mut Results) -> anyhow::Resul
         }
         Arm::Lash => {
             let target_yaml = lash_manifest(std::slice::from_ref(c.new_t));
+            let syncs = sb.syncs();
             let ms = time_change(sb, c.new_names, || {
                 sb.write_manifest("target.yaml", &target_yaml)
             })?;
+            // The status file is written after the maps: wait for it.
+            sb.wait_synced_after(syncs, Duration::from_secs(5));
             let pid = sb.agent_pid().unwrap_or(0);
             // The agent's own time for that change (refresh, translate, map
             // writes), from its status: what of one_change_ms is ours.
