@@ -646,9 +646,9 @@ fn report(r: &Results, quick: bool, partial: bool) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         md,
-        "\n| services | agent RSS MiB | BPF map MiB | connect4 program ns/call |"
+        "\n| services | agent RSS MiB | BPF map MiB | connect4 program ns/call | agent's own time for the change, ms |"
     );
-    let _ = writeln!(md, "|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|");
     for row in &r.lash {
         let _ = writeln!(
             md,
