@@ -147,7 +147,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         errors.extend(reconcile_errors.iter().cloned());
         errors.sort();
         errors.dedup();
-        for e in &errors {
+        // Log an error when it appears, not on every sync it persists through
+        // (the status keeps the full current list).
+        for e in errors.iter().filter(|e| !status.errors.contains(e)) {
             error!("{e}");
         }
         let elapsed = started.elapsed();

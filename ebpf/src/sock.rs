@@ -87,7 +87,7 @@ fn sock4_xlate_fwd(ctx: &SockAddrContext) -> Result<(), i32> {
     let backend = if proto == IPPROTO_UDP {
         pick_sticky(&frontend, svc.count, cookie)?
     } else {
-        pick_random(&frontend, svc.count)?.1
+        pick_random(&frontend, svc.count)?.2
     };
 
     // Remember the frontend for this socket and backend, so replies and
@@ -114,13 +114,13 @@ fn sock4_xlate_fwd(ctx: &SockAddrContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// A random slot and its backend.
+/// A random slot, the backend id it holds, and that backend.
 #[inline(always)]
-fn pick_random(frontend: &Lb4Key, count: u16) -> Result<(u16, Lb4Backend), i32> {
+fn pick_random(frontend: &Lb4Key, count: u16) -> Result<(u16, u32, Lb4Backend), i32> {
     let slot = random_slot(count);
     let id = backend_id_in_slot(frontend, slot).ok_or(ECONNREFUSED)?;
     let be = lookup_backend(id).ok_or(ECONNREFUSED)?;
-    Ok((slot, be))
+    Ok((slot, id, be))
 }
 
 /// The backend this socket already uses for the service, while it is still in
@@ -145,8 +145,7 @@ fn pick_sticky(frontend: &Lb4Key, count: u16, cookie: u64) -> Result<Lb4Backend,
             }
         }
     }
-    let (slot, be) = pick_random(frontend, count)?;
-    let id = backend_id_in_slot(frontend, slot).ok_or(ECONNREFUSED)?;
+    let (slot, id, be) = pick_random(frontend, count)?;
     let val = Lb4AffinityVal {
         backend_id: id,
         slot,

@@ -25,6 +25,11 @@ const ECONNREFUSED: i64 = 111;
 /// A sandbox with `pods` pods serving, the web Service over all of them, and the
 /// agent running.
 fn web(tag: &str, pods: usize) -> Sandbox {
+    web_with(tag, pods, &[])
+}
+
+/// The same, with extra `agent run` flags.
+fn web_with(tag: &str, pods: usize, agent_args: &[&str]) -> Sandbox {
     let mut sb = Sandbox::new(tag, pods).expect("sandbox");
     sb.start_pod_servers().expect("pod servers");
     let ips: Vec<(Ipv4Addr, Cond)> = sb.pods.iter().map(|p| (p.ip, Cond::Ready)).collect();
@@ -37,7 +42,7 @@ fn web(tag: &str, pods: usize) -> Sandbox {
         ),
     )
     .expect("manifest");
-    sb.start_agent(&[]).expect("agent");
+    sb.start_agent(agent_args).expect("agent");
     sb
 }
 
@@ -348,20 +353,8 @@ fn malformed_manifest_is_reported_and_loses_nothing() {
 
 #[test]
 fn full_map_is_reported_and_leaves_no_half_programmed_service() {
-    let mut sb = Sandbox::new("full", 6).unwrap();
-    sb.start_pod_servers().unwrap();
-    let ips: Vec<(Ipv4Addr, Cond)> = sb.pods.iter().map(|p| (p.ip, Cond::Ready)).collect();
-    sb.write_manifest(
-        "web.yaml",
-        &format!(
-            "{}---\n{}",
-            service("web", VIP),
-            endpoint_slice("web", &ips)
-        ),
-    )
-    .unwrap();
     // Room for one frontend with six slots (7 entries), not for two.
-    sb.start_agent(&["--lb-map-max", "10"]).unwrap();
+    let mut sb = web_with("full", 6, &["--lb-map-max", "10"]);
     let status = sb.agent_cli(&["status"]).unwrap();
     assert!(
         status.contains("maps full") && status.contains("default/web:http"),

@@ -321,13 +321,7 @@ impl Reconciler {
         upserts.sort_by(|a, b| a.name.cmp(&b.name).then(a.frontend.cmp(&b.frontend)));
         let cap = maps.capacity();
         for d in upserts {
-            let mut uniq = BTreeSet::new();
-            let list: Vec<(L4Addr, BackendState)> = d
-                .backends
-                .iter()
-                .filter(|(a, _)| uniq.insert(*a))
-                .copied()
-                .collect();
+            let list = dedup_backends(&d.backends);
             let old = self.programmed.services.get(&d.frontend);
             let old_entries = old.map_or(0, |s| usize::from(s.has_frontend) + s.slots.len());
             let entries = self.entries;
@@ -555,13 +549,8 @@ impl Reconciler {
                 ));
                 continue;
             }
-            let mut uniq = BTreeSet::new();
-            let backends_list: Vec<(L4Addr, BackendState)> = svc
-                .backends
-                .iter()
-                .filter(|(a, _)| uniq.insert(*a))
-                .copied()
-                .collect();
+            let backends_list = dedup_backends(&svc.backends);
+            let uniq: BTreeSet<L4Addr> = backends_list.iter().map(|(a, _)| *a).collect();
             let need_entries = 1 + backends_list.len();
             let new_backends = uniq.difference(&backends).count();
             if backends_list.len() > u16::MAX as usize {
@@ -847,6 +836,17 @@ impl Reconciler {
         self.set_service(fe, Some(cur));
         Ok(true)
     }
+}
+
+/// A service's backends with repeats dropped (first one wins): a backend
+/// takes one slot however often an EndpointSlice lists it.
+fn dedup_backends(backends: &[(L4Addr, BackendState)]) -> Vec<(L4Addr, BackendState)> {
+    let mut seen = BTreeSet::new();
+    backends
+        .iter()
+        .filter(|(a, _)| seen.insert(*a))
+        .copied()
+        .collect()
 }
 
 /// Slot contents for a service whose backends become `new`, starting from `old`:

@@ -427,29 +427,18 @@ fn lash_full_sync(sb: &mut Sandbox, svcs: &[Svc]) -> anyhow::Result<f64> {
             lash_manifest_json(chunk),
         )?;
     }
-    let t: Vec<Svc> = target
-        .iter()
-        .map(|s| Svc {
-            name: s.name.clone(),
-            vip: s.vip,
-            port: s.port,
-            endpoints: s.endpoints.clone(),
-        })
-        .collect();
+    let t: Vec<Svc> = target.into_iter().cloned().collect();
     std::fs::write(dir.join("target.yaml"), lash_manifest(&t))?;
 
     let entries = (svcs.len() as u32 + 1) * 4;
-    let map_max = entries.next_power_of_two().max(lash_common_default());
+    // The compiled-in default (65536) is the floor, as for a user.
+    let map_max = entries.next_power_of_two().max(65536);
     let start = Instant::now();
     sb.start_agent_timeout(
         &["--lb-map-max", &map_max.to_string()],
         Duration::from_secs(600),
     )?;
     Ok(start.elapsed().as_secs_f64() * 1e3)
-}
-
-fn lash_common_default() -> u32 {
-    65536
 }
 
 /// Service + EndpointSlice documents for `svcs`, as YAML.

@@ -8,6 +8,7 @@ pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const TARGET_PORT: u16 = 80;
 pub const POD_PORT: u16 = 8080;
 
+#[derive(Clone)]
 pub struct Svc {
     /// "namespace/name:port", as kube-proxy names a service port.
     pub name: String,
