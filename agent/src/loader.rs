@@ -20,6 +20,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
+use lash_common::maps::{self, MapDef, Sizing};
 use thiserror::Error;
 
 /// The object agent/build.rs compiled from ebpf/.
@@ -92,21 +93,24 @@ pub enum LoadError {
 /// Map sizes, for clusters bigger than the compiled-in defaults.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
-    pub services: u32,
-    pub backends: u32,
-    pub rev_nat: u32,
-    pub reverse_sk: u32,
-    pub affinity: u32,
+    /// Capacity of every map whose [`Sizing`] is `LbMapMax`.
+    pub lb_map_max: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
         MapSizes {
-            services: lash_common::LB4_SERVICES_MAX,
-            backends: lash_common::LB4_BACKENDS_MAX,
-            rev_nat: lash_common::LB4_REVERSE_NAT_MAX,
-            reverse_sk: lash_common::LB4_REVERSE_SK_MAX,
-            affinity: lash_common::LB4_AFFINITY_MAX,
+            lb_map_max: maps::LB_MAP_MAX_DEFAULT,
+        }
+    }
+}
+
+impl MapSizes {
+    /// The capacity `def` gets under these sizes.
+    pub fn of(&self, def: &MapDef) -> u32 {
+        match def.sizing {
+            Sizing::LbMapMax => self.lb_map_max,
+            Sizing::Fixed => def.max_entries,
         }
     }
 }
@@ -159,13 +163,12 @@ pub fn prepare_bpf_root(root: &Path) -> Result<(), LoadError> {
 /// Loads the object with its maps pinned under `root` (reusing pins that exist).
 pub fn load(root: &Path, sizes: MapSizes) -> Result<Ebpf, LoadError> {
     prepare_bpf_root(root)?;
-    EbpfLoader::new()
-        .default_map_pin_directory(root)
-        .map_max_entries(lash_common::MAP_LB4_SERVICES, sizes.services)
-        .map_max_entries(lash_common::MAP_LB4_BACKENDS, sizes.backends)
-        .map_max_entries(lash_common::MAP_LB4_REVERSE_NAT, sizes.rev_nat)
-        .map_max_entries(lash_common::MAP_LB4_REVERSE_SK, sizes.reverse_sk)
-        .map_max_entries(lash_common::MAP_LB4_AFFINITY, sizes.affinity)
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(root);
+    for def in maps::ALL {
+        loader.map_max_entries(def.name, sizes.of(def));
+    }
+    loader
         .load(OBJECT)
         .map_err(|source| LoadError::Load {
             root: root.into(),
@@ -176,14 +179,8 @@ pub fn load(root: &Path, sizes: MapSizes) -> Result<Ebpf, LoadError> {
 /// A pinned map is reused as it is, whatever size was asked for; say so
 /// instead of silently running with another capacity.
 pub fn check_sizes(root: &Path, sizes: MapSizes) -> Result<(), LoadError> {
-    let wanted = [
-        (lash_common::MAP_LB4_SERVICES, sizes.services),
-        (lash_common::MAP_LB4_BACKENDS, sizes.backends),
-        (lash_common::MAP_LB4_REVERSE_NAT, sizes.rev_nat),
-        (lash_common::MAP_LB4_REVERSE_SK, sizes.reverse_sk),
-        (lash_common::MAP_LB4_AFFINITY, sizes.affinity),
-    ];
-    for (name, wanted) in wanted {
+    for def in maps::ALL {
+        let (name, wanted) = (def.name, sizes.of(def));
         let pinned = aya::maps::MapData::from_pin(root.join(name))
             .ok()
             .and_then(|m| m.info().ok())
@@ -281,8 +278,8 @@ pub fn uninstall(root: &Path) -> std::io::Result<()> {
         }
         let _ = fs::remove_file(&p);
     }
-    for name in crate::maps::ALL {
-        let _ = fs::remove_file(root.join(name));
+    for def in maps::ALL {
+        let _ = fs::remove_file(root.join(def.name));
     }
     let _ = fs::remove_dir(root.join("links"));
     match fs::remove_dir(root) {

@@ -74,7 +74,7 @@ struct RunArgs {
     #[arg(long)]
     cgroup: Option<PathBuf>,
     /// Capacity of lb4_services and lb4_backends (entries).
-    #[arg(long, default_value_t = lash_common::LB4_SERVICES_MAX)]
+    #[arg(long, default_value_t = lash_common::maps::LB_MAP_MAX_DEFAULT)]
     lb_map_max: u32,
     /// Seconds between full resyncs behind the directory watch.
     #[arg(long, default_value_t = 30)]
@@ -139,9 +139,7 @@ fn main() -> anyhow::Result<()> {
                 cgroup: args.cgroup.unwrap_or_else(default_cgroup),
                 state_dir: cli.state_dir,
                 sizes: loader::MapSizes {
-                    services: args.lb_map_max,
-                    backends: args.lb_map_max,
-                    ..Default::default()
+                    lb_map_max: args.lb_map_max,
                 },
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
             };

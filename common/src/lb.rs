@@ -1,5 +1,5 @@
-//! Socket load-balancing maps: lb4_services, lb4_backends, lb4_reverse_nat,
-//! lb4_reverse_sk and lb4_affinity.
+//! Keys and values of the socket load-balancing maps (see `maps` for the
+//! table of maps themselves).
 
 use core::mem::size_of;
 
@@ -8,20 +8,6 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// `scope` in [`Lb4Key`]: external traffic policy backends.
 pub const LB_LOOKUP_SCOPE_EXT: u8 = 0;
-
-/// Pinned names of the maps, as bpftool shows them.
-pub const MAP_LB4_SERVICES: &str = "lb4_services";
-pub const MAP_LB4_BACKENDS: &str = "lb4_backends";
-pub const MAP_LB4_REVERSE_NAT: &str = "lb4_reverse_nat";
-pub const MAP_LB4_REVERSE_SK: &str = "lb4_reverse_sk";
-pub const MAP_LB4_AFFINITY: &str = "lb4_affinity";
-
-/// Default capacities. The agent can raise them at load time.
-pub const LB4_SERVICES_MAX: u32 = 65536;
-pub const LB4_BACKENDS_MAX: u32 = 65536;
-pub const LB4_REVERSE_NAT_MAX: u32 = 65536;
-pub const LB4_REVERSE_SK_MAX: u32 = 65536;
-pub const LB4_AFFINITY_MAX: u32 = 65536;
 
 /// Key of lb4_services: one entry per (frontend, slot). Slot 0 is the service
 /// itself; slots 1..=count each name one backend.
@@ -142,6 +128,20 @@ pub struct Lb4AffinityVal {
     pub pad: u16,
 }
 
+/// Key of lb4_affinity_match: present while backend `backend_id` is one of the
+/// service `rev_nat_id`'s backends. Written by the agent; the programs check it
+/// before reusing a socket's earlier choice, so a choice outlives slot moves but
+/// never the backend's membership (Cilium's `lb_affinity_match`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct Lb4AffinityMatch {
+    /// Host order.
+    pub backend_id: u32,
+    /// Network order, like everywhere else.
+    pub rev_nat_id: u16,
+    pub pad: u16,
+}
+
 // The layouts are a contract with bpftool users and with the kernel verifier:
 // a change here must be deliberate.
 const _: () = assert!(size_of::<Lb4Key>() == 12);
@@ -152,6 +152,7 @@ const _: () = assert!(size_of::<Ipv4RevnatTuple>() == 16);
 const _: () = assert!(size_of::<Ipv4RevnatEntry>() == 8);
 const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
 const _: () = assert!(size_of::<Lb4AffinityVal>() == 8);
+const _: () = assert!(size_of::<Lb4AffinityMatch>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -166,4 +167,5 @@ mod pod {
     unsafe impl aya::Pod for Ipv4RevnatEntry {}
     unsafe impl aya::Pod for Lb4AffinityKey {}
     unsafe impl aya::Pod for Lb4AffinityVal {}
+    unsafe impl aya::Pod for Lb4AffinityMatch {}
 }

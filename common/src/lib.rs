@@ -11,5 +11,6 @@
 #![no_std]
 
 pub mod lb;
+pub mod maps;
 
 pub use lb::*;

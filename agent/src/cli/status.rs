@@ -35,7 +35,8 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
         .ok()
         .map(|m| m.entry_counts());
     let mut map_status = Vec::new();
-    for (i, name) in maps::ALL.into_iter().enumerate() {
+    for (i, def) in lash_common::maps::ALL.iter().enumerate() {
+        let name = def.name;
         let path = bpf_root.join(name);
         let (pinned, max) = match MapData::from_pin(&path) {
             Ok(data) => (true, data.info().map(|i| i.max_entries()).unwrap_or(0)),
@@ -44,7 +45,7 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
         map_status.push(MapStatus {
             name,
             pinned,
-            entries: counts.map(|c| c[i]).unwrap_or(0),
+            entries: counts.and_then(|c| c.get(i).copied()).unwrap_or(0),
             max_entries: max,
         });
     }

@@ -9,8 +9,7 @@ use std::{
 };
 
 use lash_common::{
-    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, MAP_LB4_BACKENDS, MAP_LB4_REVERSE_NAT,
-    MAP_LB4_SERVICES,
+    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, 
 };
 
 use super::{
@@ -309,13 +308,13 @@ impl LbMapWriter for FakeMaps {
     fn put_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<(), MapWriteError> {
         let fe = lb4_services::frontend_of(key).expect("the reconciler writes TCP/UDP only");
         let op = Op::PutService(fe, key.backend_slot);
-        self.attempt(op.clone(), MAP_LB4_SERVICES, "update")?;
+        self.attempt(op.clone(), lash_common::maps::LB4_SERVICES.name, "update")?;
         let r = put_limited(
             &mut self.services,
             self.cap.services,
             *key,
             *value,
-            MAP_LB4_SERVICES,
+            lash_common::maps::LB4_SERVICES.name,
         );
         self.check_invariant(&op);
         r
@@ -323,7 +322,7 @@ impl LbMapWriter for FakeMaps {
     fn del_service(&mut self, key: &Lb4Key) -> Result<(), MapWriteError> {
         let fe = lb4_services::frontend_of(key).expect("the reconciler writes TCP/UDP only");
         let op = Op::DelService(fe, key.backend_slot);
-        self.attempt(op.clone(), MAP_LB4_SERVICES, "delete")?;
+        self.attempt(op.clone(), lash_common::maps::LB4_SERVICES.name, "delete")?;
         self.services.remove(key);
         self.check_invariant(&op);
         Ok(())
@@ -331,20 +330,20 @@ impl LbMapWriter for FakeMaps {
     fn put_backend(&mut self, id: u32, value: &Lb4Backend) -> Result<(), MapWriteError> {
         assert_ne!(id, 0, "backend id 0 means 'no backend' in the datapath");
         let op = Op::PutBackend(id, lb4_backends::addr_of(value).expect("TCP/UDP"));
-        self.attempt(op.clone(), MAP_LB4_BACKENDS, "update")?;
+        self.attempt(op.clone(), lash_common::maps::LB4_BACKENDS.name, "update")?;
         let r = put_limited(
             &mut self.backends,
             self.cap.backends,
             id,
             *value,
-            MAP_LB4_BACKENDS,
+            lash_common::maps::LB4_BACKENDS.name,
         );
         self.check_invariant(&op);
         r
     }
     fn del_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
         let op = Op::DelBackend(id);
-        self.attempt(op.clone(), MAP_LB4_BACKENDS, "delete")?;
+        self.attempt(op.clone(), lash_common::maps::LB4_BACKENDS.name, "delete")?;
         self.backends.remove(&id);
         self.check_invariant(&op);
         Ok(())
@@ -352,20 +351,20 @@ impl LbMapWriter for FakeMaps {
     fn put_rev_nat(&mut self, index: u16, value: &Lb4ReverseNat) -> Result<(), MapWriteError> {
         assert_ne!(index, 0, "rev_nat index 0 means 'none'");
         let op = Op::PutRevNat(index);
-        self.attempt(op.clone(), MAP_LB4_REVERSE_NAT, "update")?;
+        self.attempt(op.clone(), lash_common::maps::LB4_REVERSE_NAT.name, "update")?;
         let r = put_limited(
             &mut self.rev_nat,
             self.cap.rev_nat,
             index,
             *value,
-            MAP_LB4_REVERSE_NAT,
+            lash_common::maps::LB4_REVERSE_NAT.name,
         );
         self.check_invariant(&op);
         r
     }
     fn del_rev_nat(&mut self, index: u16) -> Result<(), MapWriteError> {
         let op = Op::DelRevNat(index);
-        self.attempt(op.clone(), MAP_LB4_REVERSE_NAT, "delete")?;
+        self.attempt(op.clone(), lash_common::maps::LB4_REVERSE_NAT.name, "delete")?;
         self.rev_nat.remove(&index);
         self.check_invariant(&op);
         Ok(())

@@ -10,22 +10,13 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use lash_common::{
+    maps::{LB4_AFFINITY, LB4_BACKENDS, LB4_REVERSE_NAT, LB4_REVERSE_SK, LB4_SERVICES},
     Ipv4RevnatEntry, Ipv4RevnatTuple, Lb4AffinityKey, Lb4AffinityVal, Lb4Backend, Lb4Key,
-    Lb4ReverseNat, Lb4Service, MAP_LB4_AFFINITY, MAP_LB4_BACKENDS, MAP_LB4_REVERSE_NAT,
-    MAP_LB4_REVERSE_SK, MAP_LB4_SERVICES,
+    Lb4ReverseNat, Lb4Service,
 };
 use thiserror::Error;
 
 use crate::lb::reconcile::{Capacity, LbMapWriter, MapWriteError};
-
-/// Every map the agent pins, by name.
-pub const ALL: [&str; 5] = [
-    MAP_LB4_SERVICES,
-    MAP_LB4_BACKENDS,
-    MAP_LB4_REVERSE_NAT,
-    MAP_LB4_REVERSE_SK,
-    MAP_LB4_AFFINITY,
-];
 
 #[derive(Debug, Error)]
 pub enum MapsError {
@@ -94,11 +85,11 @@ impl LbMaps {
     /// Opens the maps pinned under `bpf_root`. The agent itself opens them the
     /// same way once its loader has created or reused the pins.
     pub fn open_pinned(bpf_root: &Path) -> Result<Self, MapsError> {
-        let (services, max_services) = open(bpf_root, MAP_LB4_SERVICES)?;
-        let (backends, max_backends) = open(bpf_root, MAP_LB4_BACKENDS)?;
-        let (rev_nat, max_rev_nat) = open(bpf_root, MAP_LB4_REVERSE_NAT)?;
-        let (reverse_sk, _) = open(bpf_root, MAP_LB4_REVERSE_SK)?;
-        let (affinity, _) = open(bpf_root, MAP_LB4_AFFINITY)?;
+        let (services, max_services) = open(bpf_root, LB4_SERVICES.name)?;
+        let (backends, max_backends) = open(bpf_root, LB4_BACKENDS.name)?;
+        let (rev_nat, max_rev_nat) = open(bpf_root, LB4_REVERSE_NAT.name)?;
+        let (reverse_sk, _) = open(bpf_root, LB4_REVERSE_SK.name)?;
+        let (affinity, _) = open(bpf_root, LB4_AFFINITY.name)?;
         Ok(LbMaps {
             services,
             backends,
@@ -114,15 +105,15 @@ impl LbMaps {
     }
 
     pub fn services_entries(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, MapsError> {
-        collect(&self.services, MAP_LB4_SERVICES)
+        collect(&self.services, LB4_SERVICES.name)
     }
 
     pub fn backend_entries(&self) -> Result<Vec<(u32, Lb4Backend)>, MapsError> {
-        collect(&self.backends, MAP_LB4_BACKENDS)
+        collect(&self.backends, LB4_BACKENDS.name)
     }
 
     pub fn rev_nat_entries(&self) -> Result<Vec<(u16, Lb4ReverseNat)>, MapsError> {
-        collect(&self.rev_nat, MAP_LB4_REVERSE_NAT)
+        collect(&self.rev_nat, LB4_REVERSE_NAT.name)
     }
 
     /// Entries per map, in the order of [`ALL`]. Walks every key: BPF hash
@@ -176,28 +167,28 @@ impl LbMapWriter for LbMaps {
     fn put_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<(), MapWriteError> {
         self.services
             .insert(key, value, 0)
-            .map_err(|e| write_err(MAP_LB4_SERVICES, "update", e))
+            .map_err(|e| write_err(LB4_SERVICES.name, "update", e))
     }
     fn del_service(&mut self, key: &Lb4Key) -> Result<(), MapWriteError> {
-        deleted(self.services.remove(key), MAP_LB4_SERVICES)
+        deleted(self.services.remove(key), LB4_SERVICES.name)
     }
     fn put_backend(&mut self, id: u32, value: &Lb4Backend) -> Result<(), MapWriteError> {
         self.backends
             .insert(id, value, 0)
-            .map_err(|e| write_err(MAP_LB4_BACKENDS, "update", e))
+            .map_err(|e| write_err(LB4_BACKENDS.name, "update", e))
     }
     fn del_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
-        deleted(self.backends.remove(&id), MAP_LB4_BACKENDS)
+        deleted(self.backends.remove(&id), LB4_BACKENDS.name)
     }
     fn put_rev_nat(&mut self, index: u16, value: &Lb4ReverseNat) -> Result<(), MapWriteError> {
         self.rev_nat
             .insert(lb4_reverse_nat::key(index), value, 0)
-            .map_err(|e| write_err(MAP_LB4_REVERSE_NAT, "update", e))
+            .map_err(|e| write_err(LB4_REVERSE_NAT.name, "update", e))
     }
     fn del_rev_nat(&mut self, index: u16) -> Result<(), MapWriteError> {
         deleted(
             self.rev_nat.remove(&lb4_reverse_nat::key(index)),
-            MAP_LB4_REVERSE_NAT,
+            LB4_REVERSE_NAT.name,
         )
     }
     fn capacity(&self) -> Capacity {

@@ -1,0 +1,102 @@
+//! The one table of every map lash pins: name, kind, key and value size, and
+//! default capacity. The kernel side sizes its map definitions from it, the
+//! agent's loader checks pinned maps against it, and `agent status`, the CLI
+//! and `agent uninstall` walk it. Adding a map is one entry here (plus its
+//! definition in ebpf/src/maps.rs).
+
+use core::mem::size_of;
+
+use crate::lb::*;
+
+/// The BPF map type, as `bpftool map show` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash,
+    LruHash,
+}
+
+impl MapKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MapKind::Hash => "hash",
+            MapKind::LruHash => "lru_hash",
+        }
+    }
+}
+
+/// Who decides a map's capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizing {
+    /// `agent run --lb-map-max` (default: `max_entries`).
+    LbMapMax,
+    /// Always `max_entries`.
+    Fixed,
+}
+
+/// One pinned map.
+#[derive(Clone, Copy, Debug)]
+pub struct MapDef {
+    /// The pinned name under --bpf-root, as bpftool shows it.
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// Default capacity, compiled into the object; the loader may override it.
+    pub max_entries: u32,
+    pub sizing: Sizing,
+}
+
+const fn def<K, V>(name: &'static str, kind: MapKind, max_entries: u32, sizing: Sizing) -> MapDef {
+    MapDef {
+        name,
+        kind,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries,
+        sizing,
+    }
+}
+
+/// Default capacity of the maps `--lb-map-max` sizes.
+pub const LB_MAP_MAX_DEFAULT: u32 = 65536;
+
+/// (frontend, slot) -> service entry (slot 0) or backend id.
+pub const LB4_SERVICES: MapDef =
+    def::<Lb4Key, Lb4Service>("lb4_services", MapKind::Hash, LB_MAP_MAX_DEFAULT, Sizing::LbMapMax);
+/// backend id -> backend address and state.
+pub const LB4_BACKENDS: MapDef =
+    def::<u32, Lb4Backend>("lb4_backends", MapKind::Hash, LB_MAP_MAX_DEFAULT, Sizing::LbMapMax);
+/// rev-NAT index -> frontend.
+pub const LB4_REVERSE_NAT: MapDef =
+    def::<u16, Lb4ReverseNat>("lb4_reverse_nat", MapKind::Hash, 65536, Sizing::Fixed);
+/// (socket cookie, backend) -> frontend, for recvmsg/getpeername.
+pub const LB4_REVERSE_SK: MapDef = def::<Ipv4RevnatTuple, Ipv4RevnatEntry>(
+    "lb4_reverse_sk",
+    MapKind::LruHash,
+    LB_MAP_MAX_DEFAULT,
+    Sizing::LbMapMax,
+);
+/// (socket cookie, frontend) -> backend: a UDP socket's choice.
+pub const LB4_AFFINITY: MapDef = def::<Lb4AffinityKey, Lb4AffinityVal>(
+    "lb4_affinity",
+    MapKind::LruHash,
+    LB_MAP_MAX_DEFAULT,
+    Sizing::LbMapMax,
+);
+/// (backend id, rev-NAT index) -> 0: the backend is one of that service's.
+pub const LB4_AFFINITY_MATCH: MapDef = def::<Lb4AffinityMatch, u8>(
+    "lb4_affinity_match",
+    MapKind::Hash,
+    LB_MAP_MAX_DEFAULT,
+    Sizing::LbMapMax,
+);
+
+/// Every map, in the order listings show them.
+pub const ALL: &[MapDef] = &[
+    LB4_SERVICES,
+    LB4_BACKENDS,
+    LB4_REVERSE_NAT,
+    LB4_REVERSE_SK,
+    LB4_AFFINITY,
+    LB4_AFFINITY_MATCH,
+];
