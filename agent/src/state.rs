@@ -25,6 +25,10 @@ pub struct AgentStatus {
     pub backends: usize,
     /// Manifest and programming errors of the last reconcile.
     pub errors: Vec<String>,
+    /// Fields of Services that lash does not act on, one line per Service and
+    /// field. Absent from files of agents that predate it.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 pub fn status_path(state_dir: &Path) -> PathBuf {

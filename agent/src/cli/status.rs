@@ -18,6 +18,7 @@ pub struct Status {
     pub last_sync_unix: Option<f64>,
     pub syncs: Option<u64>,
     pub errors: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,7 +58,8 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
         maps: map_status,
         last_sync_unix: st.as_ref().map(|s| s.last_sync_unix),
         syncs: st.as_ref().map(|s| s.syncs),
-        errors: st.map(|s| s.errors).unwrap_or_default(),
+        errors: st.as_ref().map(|s| s.errors.clone()).unwrap_or_default(),
+        warnings: st.map(|s| s.warnings).unwrap_or_default(),
     }
 }
 
@@ -99,6 +101,14 @@ pub fn table(s: &Status) -> String {
         let _ = writeln!(out, "Errors:");
         for e in &s.errors {
             let _ = writeln!(out, "  {e}");
+        }
+    }
+    if s.warnings.is_empty() {
+        let _ = writeln!(out, "Warnings:   none");
+    } else {
+        let _ = writeln!(out, "Warnings:");
+        for w in &s.warnings {
+            let _ = writeln!(out, "  {w}");
         }
     }
     out

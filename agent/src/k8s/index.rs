@@ -12,6 +12,7 @@ use std::{
 };
 
 use super::{
+    ignored::{ignored_fields, Ignored},
     manifests::FileChange,
     translate::{
         join, service_key, service_ports, slice_facts, slice_service, ServicePort, SliceFacts,
@@ -65,19 +66,31 @@ impl<K: Ord, V> SmallMap<K, V> {
     }
 }
 
+/// What the index keeps of one Service object: its frontends as its spec
+/// gives them (or why it cannot be served) and the fields it sets that lash
+/// does not act on.
+#[derive(Debug)]
+struct ServiceSpec {
+    ports: Result<Vec<ServicePort>, String>,
+    ignored: Ignored,
+}
+
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
-    /// Each Service's frontends as its spec gives them (or why it cannot be
-    /// served), by key; the same Service in two files is kept per file and the
-    /// first file wins. Compact forms, not the objects: the index lives as
-    /// long as the agent and holds the whole cluster.
-    services: BTreeMap<SvcKey, SmallMap<PathBuf, Result<Vec<ServicePort>, String>>>,
+    /// Each Service's spec in compact form, by key; the same Service in two
+    /// files is kept per file and the first file wins. Compact forms, not the
+    /// objects: the index lives as long as the agent and holds the whole
+    /// cluster.
+    services: BTreeMap<SvcKey, SmallMap<PathBuf, ServiceSpec>>,
     /// Slices by the Service they serve, keyed by (file, position in file).
     slices: BTreeMap<SvcKey, SmallMap<(PathBuf, usize), SliceFacts>>,
     /// The frontends each Service translated to last time it translated.
     translated: BTreeMap<SvcKey, Vec<DesiredService>>,
     /// Why a Service is not (or no longer) translated as it is written.
     errors: BTreeMap<SvcKey, String>,
+    /// The ignored fields of the Services that set any, so `warnings` need
+    /// not walk every Service.
+    ignored: BTreeMap<SvcKey, Ignored>,
     /// frontend -> (DesiredService name -> Service) of everyone claiming it.
     claims: BTreeMap<L4Addr, SmallMap<String, SvcKey>>,
     /// Frontends with more than one claimant, so `errors` need not scan claims.
@@ -114,7 +127,13 @@ impl ServiceIndex {
                 self.services
                     .entry(key.clone())
                     .or_default()
-                    .insert(c.path.clone(), service_ports(&svc));
+                    .insert(
+                        c.path.clone(),
+                        ServiceSpec {
+                            ports: service_ports(&svc),
+                            ignored: ignored_fields(&svc),
+                        },
+                    );
                 affected.insert(key);
             }
             for (i, slice) in c.new.slices.into_iter().enumerate() {
@@ -173,10 +192,18 @@ impl ServiceIndex {
     fn translate(&mut self, key: &SvcKey, old: &[DesiredService]) -> Vec<DesiredService> {
         let Some(by_file) = self.services.get(key) else {
             self.errors.remove(key);
+            self.ignored.remove(key);
             return Vec::new();
         };
         let mut files = by_file.iter();
-        let (path, ports) = files.next().expect("entries are removed when empty");
+        let (path, spec) = files.next().expect("entries are removed when empty");
+        // Warnings hold whether or not the spec translates: the fields are
+        // ignored either way.
+        if spec.ignored.is_empty() {
+            self.ignored.remove(key);
+        } else {
+            self.ignored.insert(key.clone(), spec.ignored);
+        }
         let slices: Vec<&SliceFacts> = self
             .slices
             .get(key)
@@ -185,7 +212,8 @@ impl ServiceIndex {
         let dup = files
             .map(|(p, _)| p.display().to_string())
             .collect::<Vec<_>>();
-        match ports
+        match spec
+            .ports
             .as_ref()
             .map(|p| join(p, &slices))
             .map_err(Clone::clone)
@@ -238,6 +266,18 @@ impl ServiceIndex {
     /// Every frontend wanted now, for a full reconcile.
     pub fn desired(&self) -> Vec<DesiredService> {
         self.translated.values().flatten().cloned().collect()
+    }
+
+    /// Fields Services set that lash does not act on, one line per Service
+    /// and field, sorted. Not errors: the rest of each Service is programmed.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .ignored
+            .iter()
+            .flat_map(|((ns, name), ignored)| ignored.warnings(ns, name))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Translation errors and frontend clashes, one line each.
@@ -806,6 +846,73 @@ mod tests {
         assert_eq!(u.len(), 2);
         assert!(u.keys().all(|f| f.ip == Ipv4Addr::new(10, 96, 0, 30)));
         assert!(dir.index.errors().is_empty(), "{:?}", dir.index.errors());
+    }
+
+    #[test]
+    fn warnings_follow_the_service_as_it_is_edited_and_deleted() {
+        let mut dir = Dir::default();
+        let sticky = web().replace(
+            "  clusterIP: 10.96.0.20\n",
+            "  clusterIP: 10.96.0.20\n  sessionAffinity: ClientIP\n  type: NodePort\n",
+        );
+        dir.write("/m/web.yaml", &docs(&[sticky.clone(), web_slice(&[("10.244.0.1", true)])]));
+        dir.write("/m/api.yaml", &service("shop", "api", "10.96.0.21", &[("", 80, "TCP")]));
+        let w = dir.index.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("Service shop/web: spec.sessionAffinity=ClientIP"), "{w:?}");
+        assert!(w[1].starts_with("Service shop/web: spec.type=NodePort"), "{w:?}");
+        // Warnings are not errors: the Service is programmed as a ClusterIP.
+        assert!(dir.index.errors().is_empty());
+        assert_eq!(dir.index.desired().len(), 3);
+        assert_eq!(sorted(dir.index.desired()), sorted(dir.translate_all()));
+
+        // A second Service with a warning sorts in by name.
+        let api = service("shop", "api", "10.96.0.21", &[("", 80, "TCP")]).replace(
+            "  clusterIP: 10.96.0.21\n",
+            "  clusterIP: 10.96.0.21\n  internalTrafficPolicy: Local\n",
+        );
+        dir.write("/m/api.yaml", &api);
+        let w = dir.index.warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].starts_with("Service shop/api: spec.internalTrafficPolicy=Local"));
+
+        // The field is edited away: its warning goes, the other stays.
+        let c = dir.write(
+            "/m/web.yaml",
+            &docs(&[
+                sticky.replace("  type: NodePort\n", ""),
+                web_slice(&[("10.244.0.1", true)]),
+            ]),
+        );
+        assert!(c.iter().all(|c| matches!(c, Change::Upsert(_))), "{c:#?}");
+        let w = dir.index.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w.iter().all(|w| !w.contains("NodePort")), "{w:?}");
+
+        // A spec that no longer translates keeps its warnings with its error.
+        dir.write("/m/api.yaml", &api.replace("port: 80", "port: 70000"));
+        assert_eq!(dir.index.errors().len(), 1);
+        assert_eq!(dir.index.warnings().len(), 2);
+
+        // Deleted Services take their warnings along.
+        dir.delete("/m/api.yaml");
+        dir.write("/m/web.yaml", &web());
+        assert_eq!(dir.index.warnings(), Vec::<String>::new());
+        assert!(dir.index.errors().is_empty());
+    }
+
+    #[test]
+    fn warnings_of_a_service_in_two_files_come_from_the_first() {
+        let mut dir = Dir::default();
+        let sticky = web().replace(
+            "  clusterIP: 10.96.0.20\n",
+            "  clusterIP: 10.96.0.20\n  sessionAffinity: ClientIP\n",
+        );
+        dir.write("/m/b.yaml", &sticky);
+        dir.write("/m/a.yaml", &web());
+        assert_eq!(dir.index.warnings(), Vec::<String>::new());
+        dir.delete("/m/a.yaml");
+        assert_eq!(dir.index.warnings().len(), 1);
     }
 
     /// Random edits of a few files: after each, `desired()` is what a full

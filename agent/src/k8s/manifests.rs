@@ -265,9 +265,16 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileObjects, String> {
 /// the object exists.
 fn trim_service(mut s: Service) -> Service {
     s.status = None;
+    // The topology annotations stay: `agent status` warns that lash does not
+    // act on them.
+    let annotations = s.metadata.annotations.take().and_then(|mut a| {
+        a.retain(|k, _| super::ignored::TOPOLOGY_ANNOTATIONS.contains(&k.as_str()));
+        (!a.is_empty()).then_some(a)
+    });
     s.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         name: s.metadata.name.take(),
         namespace: s.metadata.namespace.take(),
+        annotations,
         ..Default::default()
     };
     s

@@ -4,6 +4,7 @@
 //!
 //! Architecture invariant: this is the only module that imports k8s-openapi.
 
+pub mod ignored;
 pub mod index;
 pub mod manifests;
 pub mod translate;
