@@ -81,6 +81,15 @@ pub enum LoadError {
         pinned: u32,
         wanted: u32,
     },
+    #[error(
+        "pinned map {name} has {pinned:?} byte keys and values, this agent expects {wanted:?}; \
+         run `agent uninstall` to replace it"
+    )]
+    LayoutMismatch {
+        name: &'static str,
+        pinned: (u32, u32),
+        wanted: (u32, u32),
+    },
     #[error("pinning link of {name} at {path}: {source}")]
     Pin {
         name: &'static str,
@@ -176,15 +185,26 @@ pub fn load(root: &Path, sizes: MapSizes) -> Result<Ebpf, LoadError> {
         })
 }
 
-/// A pinned map is reused as it is, whatever size was asked for; say so
-/// instead of silently running with another capacity.
-pub fn check_sizes(root: &Path, sizes: MapSizes) -> Result<(), LoadError> {
+/// A pinned map is reused as it is, whatever size or layout was asked for;
+/// refuse one that differs from the table instead of silently running with
+/// another capacity or misreading its bytes.
+pub fn check_pinned_maps(root: &Path, sizes: MapSizes) -> Result<(), LoadError> {
     for def in maps::ALL {
         let (name, wanted) = (def.name, sizes.of(def));
-        let pinned = aya::maps::MapData::from_pin(root.join(name))
+        let Some(info) = aya::maps::MapData::from_pin(root.join(name))
             .ok()
             .and_then(|m| m.info().ok())
-            .map(|i| i.max_entries());
+        else {
+            continue;
+        };
+        if (info.key_size(), info.value_size()) != (def.key_size, def.value_size) {
+            return Err(LoadError::LayoutMismatch {
+                name,
+                pinned: (info.key_size(), info.value_size()),
+                wanted: (def.key_size, def.value_size),
+            });
+        }
+        let pinned = Some(info.max_entries());
         if let Some(pinned) = pinned {
             if pinned != wanted {
                 return Err(LoadError::SizeMismatch {
@@ -205,6 +225,9 @@ pub fn link_pin_path(root: &Path, hook: &str) -> PathBuf {
 /// Attaches every socket program to `cgroup` and pins the links under
 /// `root/links/<hook>`, replacing links an earlier agent left there.
 pub fn attach_sock_programs(ebpf: &mut Ebpf, root: &Path, cgroup: &Path) -> Result<(), LoadError> {
+    for hook in finish_interrupted_hand_overs(root) {
+        tracing::warn!(hook, "finished a link hand-over an earlier agent left half done");
+    }
     let cg = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.into(),
         source,
@@ -232,31 +255,87 @@ pub fn attach_sock_programs(ebpf: &mut Ebpf, root: &Path, cgroup: &Path) -> Resu
             source: Box::new(e),
         })?;
 
-        // New link first, under a temporary name; then retire the old one.
-        let final_path = link_pin_path(root, hook);
-        // bpffs refuses names with a dot.
-        let tmp_path = root.join("links").join(format!("{hook}_new"));
-        let _ = fs::remove_file(&tmp_path);
-        let pin_err = |path: &Path, e: Box<dyn std::error::Error + Send + Sync>| LoadError::Pin {
-            name,
-            path: path.into(),
-            source: e,
-        };
-        let pinned = fd_link
-            .pin(&tmp_path)
-            .map_err(|e| pin_err(&tmp_path, Box::new(e)))?;
-        if final_path.exists() {
-            // Dropping the unpinned old link detaches it.
-            if let Ok(old) = PinnedLink::from_pin(&final_path) {
-                let _ = old.unpin();
-            } else {
-                let _ = fs::remove_file(&final_path);
-            }
-        }
-        fs::rename(&tmp_path, &final_path).map_err(|e| pin_err(&final_path, Box::new(e)))?;
-        drop(pinned);
+        hand_over(root, hook, name, fd_link)?;
     }
     Ok(())
+}
+
+/// Pin path of a link that is replacing the one at `hook` (bpffs refuses
+/// names with a dot).
+fn new_link_pin_path(root: &Path, hook: &str) -> PathBuf {
+    root.join("links").join(format!("{hook}{NEW_SUFFIX}"))
+}
+
+const NEW_SUFFIX: &str = "_new";
+
+/// Makes `link` the pinned link of `hook`, retiring the one an earlier agent
+/// left there without a moment where neither is attached: the new link is
+/// pinned under a temporary name first, then the old one is unpinned (which
+/// detaches it), then the new pin takes the final name.
+/// [`finish_interrupted_hand_overs`] knows what a crash between the steps leaves.
+pub fn hand_over(
+    root: &Path,
+    hook: &'static str,
+    name: &'static str,
+    link: FdLink,
+) -> Result<(), LoadError> {
+    let final_path = link_pin_path(root, hook);
+    let tmp_path = new_link_pin_path(root, hook);
+    let pin_err = |path: &Path, e: Box<dyn std::error::Error + Send + Sync>| LoadError::Pin {
+        name,
+        path: path.into(),
+        source: e,
+    };
+    let pinned = link
+        .pin(&tmp_path)
+        .map_err(|e| pin_err(&tmp_path, Box::new(e)))?;
+    crate::failpoint::hit("hand-over-pinned-new");
+    if final_path.exists() {
+        // Dropping the unpinned old link detaches it.
+        if let Ok(old) = PinnedLink::from_pin(&final_path) {
+            let _ = old.unpin();
+        } else {
+            let _ = fs::remove_file(&final_path);
+        }
+    }
+    crate::failpoint::hit("hand-over-retired-old");
+    fs::rename(&tmp_path, &final_path).map_err(|e| pin_err(&final_path, Box::new(e)))?;
+    drop(pinned);
+    Ok(())
+}
+
+/// Finishes what an agent that died in the middle of [`hand_over`] left under
+/// `root/links`: a `<hook>_new` pin next to the old `<hook>` pin is a new link
+/// that never took over (unpinned: the old one keeps serving until this
+/// agent's own hand-over); a `<hook>_new` pin alone is a new link whose
+/// predecessor was already retired (renamed into place, so the hook never goes
+/// without a program). Returns the hooks it touched.
+pub fn finish_interrupted_hand_overs(root: &Path) -> Vec<String> {
+    let mut touched = Vec::new();
+    let Ok(dir) = fs::read_dir(root.join("links")) else {
+        return touched;
+    };
+    for entry in dir.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(hook) = file.strip_suffix(NEW_SUFFIX) else {
+            continue;
+        };
+        let final_path = link_pin_path(root, hook);
+        if final_path.exists() {
+            match PinnedLink::from_pin(entry.path()) {
+                Ok(link) => {
+                    let _ = link.unpin();
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        } else {
+            let _ = fs::rename(entry.path(), &final_path);
+        }
+        touched.push(hook.to_string());
+    }
+    touched
 }
 
 /// Which hooks have a pinned link under `root`.
@@ -268,22 +347,53 @@ pub fn attached_hooks(root: &Path) -> Vec<&'static str> {
         .collect()
 }
 
+#[derive(Debug, Error)]
+pub enum UninstallError {
+    #[error(transparent)]
+    Running(#[from] crate::lock::LockError),
+    #[error("removing {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Detaches the programs and removes every pin under `root`: the node goes back
-/// to having no socket load balancing.
-pub fn uninstall(root: &Path) -> std::io::Result<()> {
-    for (_, hook) in SOCK_PROGRAMS {
-        let p = link_pin_path(root, hook);
-        if let Ok(link) = PinnedLink::from_pin(&p) {
-            let _ = link.unpin();
+/// to having no socket load balancing. Refused while an agent runs on `root`
+/// (it would re-create what this removes) unless `force`.
+pub fn uninstall(root: &Path, state_dir: &Path, force: bool) -> Result<(), UninstallError> {
+    if !root.exists() {
+        return Ok(());
+    }
+    // Held until the pins are gone, so no agent can start in between.
+    let _lock = match crate::lock::acquire(root, state_dir) {
+        Ok(l) => Some(l),
+        Err(_) if force => None,
+        Err(e) => return Err(e.into()),
+    };
+    // Every link pin, including a `_new` one an interrupted hand-over left.
+    if let Ok(dir) = fs::read_dir(root.join("links")) {
+        for entry in dir.flatten() {
+            match PinnedLink::from_pin(entry.path()) {
+                Ok(link) => {
+                    let _ = link.unpin();
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
         }
-        let _ = fs::remove_file(&p);
     }
     for def in maps::ALL {
         let _ = fs::remove_file(root.join(def.name));
     }
-    let _ = fs::remove_dir(root.join("links"));
-    match fs::remove_dir(root) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+    let rm = |path: PathBuf| match fs::remove_dir(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(UninstallError::Remove { path, source: e })
+        }
         _ => Ok(()),
-    }
+    };
+    rm(root.join("links"))?;
+    rm(root.to_path_buf())
 }

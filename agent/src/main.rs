@@ -1,11 +1,16 @@
 //! lash agent: the per-node daemon and its CLI.
 
 mod cli;
+mod datapath;
+mod failpoint;
 mod k8s;
 mod lb;
 mod loader;
+mod lock;
 mod maps;
+mod model;
 mod run;
+mod sources;
 mod state;
 
 use std::{path::PathBuf, time::Duration};
@@ -62,7 +67,12 @@ enum Cmd {
         output: Output,
     },
     /// Detach the programs and remove the pinned maps and links.
-    Uninstall,
+    Uninstall {
+        /// Even while an agent runs on this --bpf-root (it keeps running,
+        /// with nothing attached, until stopped).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -73,7 +83,8 @@ struct RunArgs {
     /// cgroup v2 to attach the socket programs to.
     #[arg(long)]
     cgroup: Option<PathBuf>,
-    /// Capacity of lb4_services and lb4_backends (entries).
+    /// Capacity of every map sized by it (lb4_services, lb4_backends and the
+    /// per-socket maps; see `agent status`), in entries.
     #[arg(long, default_value_t = lash_common::maps::LB_MAP_MAX_DEFAULT)]
     lb_map_max: u32,
     /// Seconds between full resyncs behind the directory watch.
@@ -143,7 +154,10 @@ fn main() -> anyhow::Result<()> {
                 },
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
             };
-            tokio::runtime::Builder::new_current_thread()
+            // Multi-threaded: sources and the API keep answering while the
+            // map owner's thread (datapath.rs) runs a long sync.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?
                 .block_on(run::run(cfg))
@@ -180,7 +194,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Uninstall => loader::uninstall(&cli.bpf_root)
-            .with_context(|| format!("removing {}", cli.bpf_root.display())),
+        Cmd::Uninstall { force } => loader::uninstall(&cli.bpf_root, &cli.state_dir, force)
+            .with_context(|| format!("uninstalling {}", cli.bpf_root.display())),
     }
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
-    lb::L4Addr,
+    model::L4Addr,
     maps::{lb4_backends, lb4_services, LbMaps, MapsError},
 };
 

@@ -30,9 +30,9 @@ pub fn services(maps: &LbMaps) -> Result<Vec<Service>, MapsError> {
     let rev: BTreeMap<u16, (std::net::Ipv4Addr, u16)> = maps
         .rev_nat_entries()?
         .into_iter()
-        .map(|(k, v)| (lb4_reverse_nat::index_of(k), lb4_reverse_nat::addr_of(&v)))
+        .map(|(k, v)| (k, lb4_reverse_nat::addr_of(&v)))
         .collect();
-    let mut by_fe: BTreeMap<crate::lb::L4Addr, Service> = BTreeMap::new();
+    let mut by_fe: BTreeMap<crate::model::L4Addr, Service> = BTreeMap::new();
     let mut slots = Vec::new();
     for (k, v) in maps.services_entries()? {
         let Some(fe) = lb4_services::frontend_of(&k) else {

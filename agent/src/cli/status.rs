@@ -3,7 +3,6 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use aya::maps::MapData;
 use serde::Serialize;
 
 use crate::{loader, maps, state};
@@ -24,6 +23,7 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct MapStatus {
     pub name: &'static str,
+    pub kind: &'static str,
     pub pinned: bool,
     pub entries: usize,
     pub max_entries: u32,
@@ -32,24 +32,20 @@ pub struct MapStatus {
 pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
     let st = state::read_status(state_dir);
     let pid = st.as_ref().map(|s| s.pid);
-    let counts = maps::LbMaps::open_pinned(bpf_root)
-        .ok()
-        .map(|m| m.entry_counts());
-    let mut map_status = Vec::new();
-    for (i, def) in lash_common::maps::ALL.iter().enumerate() {
-        let name = def.name;
-        let path = bpf_root.join(name);
-        let (pinned, max) = match MapData::from_pin(&path) {
-            Ok(data) => (true, data.info().map(|i| i.max_entries()).unwrap_or(0)),
-            Err(_) => (false, 0),
-        };
-        map_status.push(MapStatus {
-            name,
-            pinned,
-            entries: counts.and_then(|c| c.get(i).copied()).unwrap_or(0),
-            max_entries: max,
-        });
-    }
+    // One row per entry of the map table, whatever the map's types.
+    let map_status = lash_common::maps::ALL
+        .iter()
+        .map(|def| {
+            let fill = maps::fill(&bpf_root.join(def.name));
+            MapStatus {
+                name: def.name,
+                kind: def.kind.as_str(),
+                pinned: fill.is_some(),
+                entries: fill.map_or(0, |f| f.entries),
+                max_entries: fill.map_or(0, |f| f.max_entries),
+            }
+        })
+        .collect();
     Status {
         agent_running: pid.is_some_and(state::pid_alive),
         pid,
@@ -90,9 +86,13 @@ pub fn table(s: &Status) -> String {
     let _ = writeln!(out, "Maps:");
     for m in &s.maps {
         if m.pinned {
-            let _ = writeln!(out, "  {:<18}{}/{}", m.name, m.entries, m.max_entries);
+            let _ = writeln!(
+                out,
+                "  {:<20}{:<10}{}/{}",
+                m.name, m.kind, m.entries, m.max_entries
+            );
         } else {
-            let _ = writeln!(out, "  {:<18}not pinned", m.name);
+            let _ = writeln!(out, "  {:<20}{:<10}not pinned", m.name, m.kind);
         }
     }
     if s.errors.is_empty() {

@@ -18,7 +18,7 @@ use super::{
         join, service_key, service_ports, slice_facts, slice_service, ServicePort, SliceFacts,
     },
 };
-use crate::lb::{reconcile::Change, DesiredService, L4Addr};
+use crate::model::{Change, DesiredService, L4Addr};
 
 type SvcKey = (String, String);
 
@@ -312,7 +312,7 @@ mod tests {
             manifests::{parse, FileObjects},
             translate::translate,
         },
-        lb::{BackendState, Proto},
+        model::{BackendState, Proto},
     };
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 

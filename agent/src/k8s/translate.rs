@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::lb::{BackendState, DesiredService, L4Addr, Proto, ServiceKind};
+use crate::model::{BackendState, DesiredService, L4Addr, Proto, ServiceKind};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

@@ -1,103 +1,20 @@
-//! The load-balancing model: what services and backends the datapath should
-//! serve, independent of where that came from (Kubernetes objects, tests).
+//! Load balancing: turns desired services into ordered writes to the maps.
 //!
-//! Architecture invariant: nothing here knows Kubernetes. `k8s/` translates
-//! Services and EndpointSlices into [`DesiredService`]s; `reconcile` turns the
-//! difference between desired and programmed state into ordered map writes.
+//! - `programmed`: the picture of what the maps hold, read back at start;
+//! - `admission`: whether a service fits (the one capacity rule);
+//! - `writes`: the write-order contract for one service or backend;
+//! - `slots`: which backend goes into which slot;
+//! - `reconcile`: the [`Reconciler`], full and incremental.
+//!
+//! Architecture invariant: lb/ knows the model and writes through
+//! [`crate::maps::LbMapWriter`]; it knows nothing of Kubernetes, files or
+//! tasks. One [`Reconciler`] exists per agent, owned by the datapath task.
 
-pub mod reconcile;
+mod admission;
+mod programmed;
+mod reconcile;
+mod slots;
+mod writes;
 
-use std::{fmt, net::Ipv4Addr};
-
-use serde::Serialize;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => lash_common::IPPROTO_TCP,
-            Proto::Udp => lash_common::IPPROTO_UDP,
-        }
-    }
-
-    pub fn from_number(n: u8) -> Option<Self> {
-        match n {
-            lash_common::IPPROTO_TCP => Some(Proto::Tcp),
-            lash_common::IPPROTO_UDP => Some(Proto::Udp),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "TCP",
-            Proto::Udp => "UDP",
-        })
-    }
-}
-
-/// An address:port/protocol: a service frontend or a backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct L4Addr {
-    pub ip: Ipv4Addr,
-    pub port: u16,
-    pub proto: Proto,
-}
-
-impl fmt::Display for L4Addr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
-    }
-}
-
-/// Whether a backend takes new connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    Active,
-    /// Shutting down; used only when a service has no active backend left.
-    Terminating,
-}
-
-impl BackendState {
-    pub fn to_flags(self) -> u8 {
-        match self {
-            BackendState::Active => lash_common::BE_STATE_ACTIVE,
-            BackendState::Terminating => lash_common::BE_STATE_TERMINATING,
-        }
-    }
-}
-
-/// The kind of frontend, as users know it from `kubectl get svc`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
-pub enum ServiceKind {
-    #[default]
-    ClusterIP,
-}
-
-impl ServiceKind {
-    pub fn flags(self) -> u8 {
-        match self {
-            ServiceKind::ClusterIP => 0,
-        }
-    }
-}
-
-/// One frontend the datapath must serve and the backends behind it, in the
-/// order the source gave them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredService {
-    /// "namespace/name:port-name", for messages.
-    pub name: String,
-    pub frontend: L4Addr,
-    pub kind: ServiceKind,
-    pub backends: Vec<(L4Addr, BackendState)>,
-}
+pub use programmed::Programmed;
+pub use reconcile::{Reconciler, Report};

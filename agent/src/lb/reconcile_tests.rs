@@ -4,383 +4,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io,
     net::Ipv4Addr,
 };
 
-use lash_common::{
-    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, 
+use super::{Reconciler, Report};
+use crate::{
+    lb::{programmed::Programmed, slots::assign_slots},
+    maps::{
+        fake::{FakeMaps, Op, View},
+        lb4_backends, lb4_reverse_nat, lb4_services,
+    },
+    model::{BackendState, Change, DesiredService, L4Addr, Proto, ServiceKind},
 };
-
-use super::{
-    assign_slots, Capacity, Change, LbMapWriter, MapWriteError, Programmed, Reconciler, Report,
-};
-use crate::lb::{BackendState, DesiredService, L4Addr, Proto, ServiceKind};
-use crate::maps::{lb4_backends, lb4_reverse_nat, lb4_services};
-
-// ---------------------------------------------------------------------------
-// The fake maps
-// ---------------------------------------------------------------------------
-
-/// One attempted write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Op {
-    PutService(L4Addr, u16),
-    DelService(L4Addr, u16),
-    PutBackend(u32, L4Addr),
-    DelBackend(u32),
-    PutRevNat(u16),
-    DelRevNat(u16),
-}
-
-impl Op {
-    fn frontend(&self) -> Option<L4Addr> {
-        match self {
-            Op::PutService(fe, _) | Op::DelService(fe, _) => Some(*fe),
-            _ => None,
-        }
-    }
-}
-
-type FailRule = Box<dyn FnMut(&Op) -> bool>;
-
-/// lb4_services, lb4_backends and lb4_reverse_nat as BTreeMaps, with the
-/// kernel's behaviour on a full hash map (E2BIG for a new key) and injectable
-/// failures.
-struct FakeMaps {
-    services: BTreeMap<Lb4Key, Lb4Service>,
-    backends: BTreeMap<u32, Lb4Backend>,
-    /// Keyed by the host-order index, as the trait passes it.
-    rev_nat: BTreeMap<u16, Lb4ReverseNat>,
-    cap: Capacity,
-    /// Every write attempted, failed ones included.
-    ops: Vec<Op>,
-    /// The writes that failed.
-    failed: Vec<Op>,
-    /// Datapath invariant violations seen after any write.
-    violations: Vec<String>,
-    /// Makes a write fail (EIO) when it returns true.
-    fail_if: Option<FailRule>,
-    /// Check the invariant after every write (off for huge services).
-    checking: bool,
-}
-
-fn io_err(map: &'static str, op: &'static str, errno: i32) -> MapWriteError {
-    MapWriteError {
-        map,
-        op,
-        source: io::Error::from_raw_os_error(errno),
-    }
-}
-
-impl FakeMaps {
-    fn new() -> Self {
-        Self::with_capacity(1024, 1024, 1024)
-    }
-
-    fn with_capacity(services: usize, backends: usize, rev_nat: usize) -> Self {
-        FakeMaps {
-            services: BTreeMap::new(),
-            backends: BTreeMap::new(),
-            rev_nat: BTreeMap::new(),
-            cap: Capacity {
-                services,
-                backends,
-                rev_nat,
-            },
-            ops: Vec::new(),
-            failed: Vec::new(),
-            violations: Vec::new(),
-            fail_if: None,
-            checking: true,
-        }
-    }
-
-    /// The first write matching `pred` fails; later ones go through.
-    fn fail_once(&mut self, pred: impl Fn(&Op) -> bool + 'static) {
-        let mut fired = false;
-        self.fail_if = Some(Box::new(move |op| {
-            if !fired && pred(op) {
-                fired = true;
-                true
-            } else {
-                false
-            }
-        }));
-    }
-
-    /// Write number `n` (0-based, counted from now) fails; with `sticky`, every
-    /// write after it fails too.
-    fn fail_at(&mut self, n: usize, sticky: bool) {
-        let mut seen = 0usize;
-        self.fail_if = Some(Box::new(move |_| {
-            let this = seen;
-            seen += 1;
-            this == n || (sticky && this > n)
-        }));
-    }
-
-    fn heal(&mut self) {
-        self.fail_if = None;
-    }
-
-    fn take_ops(&mut self) -> Vec<Op> {
-        self.failed.clear();
-        std::mem::take(&mut self.ops)
-    }
-
-    /// Logs a write and decides whether it fails.
-    fn attempt(
-        &mut self,
-        op: Op,
-        map: &'static str,
-        what: &'static str,
-    ) -> Result<(), MapWriteError> {
-        self.ops.push(op.clone());
-        if self.fail_if.as_mut().is_some_and(|f| f(&op)) {
-            self.failed.push(op);
-            return Err(io_err(map, what, libc::EIO));
-        }
-        Ok(())
-    }
-
-    /// What a connect() may rely on at any moment: a frontend with count n has
-    /// slots 1..=n, each naming a backend that exists, and its reverse-NAT
-    /// entry exists and names the frontend.
-    fn check_invariant(&mut self, after: &Op) {
-        if !self.checking {
-            return;
-        }
-        let mut problems = Vec::new();
-        for (k, v) in &self.services {
-            if k.backend_slot != 0 {
-                continue;
-            }
-            let Some(fe) = lb4_services::frontend_of(k) else {
-                problems.push(format!("frontend key with unknown protocol: {k:?}"));
-                continue;
-            };
-            for slot in 1..=v.count {
-                match self.services.get(&lb4_services::key(&fe, slot)) {
-                    None => problems.push(format!(
-                        "{fe}: count {} but slot {slot} is missing",
-                        v.count
-                    )),
-                    Some(s) if !self.backends.contains_key(&s.backend_id) => {
-                        problems.push(format!(
-                            "{fe}: slot {slot} names backend {} which is not in lb4_backends",
-                            s.backend_id
-                        ))
-                    }
-                    Some(_) => {}
-                }
-            }
-            let rn = lb4_services::rev_nat_of(v);
-            match self.rev_nat.get(&rn) {
-                None => problems.push(format!("{fe}: rev_nat {rn} is not in lb4_reverse_nat")),
-                Some(r) if lb4_reverse_nat::addr_of(r) != (fe.ip, fe.port) => problems.push(
-                    format!("{fe}: rev_nat {rn} names {:?}", lb4_reverse_nat::addr_of(r)),
-                ),
-                Some(_) => {}
-            }
-        }
-        let n = self.ops.len();
-        self.violations.extend(
-            problems
-                .into_iter()
-                .map(|p| format!("after write #{n} ({after:?}): {p}")),
-        );
-    }
-
-    #[track_caller]
-    fn assert_no_violations(&self) {
-        assert!(
-            self.violations.is_empty(),
-            "datapath invariant violated:\n{}",
-            self.violations.join("\n")
-        );
-    }
-
-    /// The invariant plus what a completed reconcile leaves: no slot beyond a
-    /// frontend's count, no slot without a frontend, slots carry their
-    /// frontend's rev_nat, and no backend or reverse-NAT entry nobody uses.
-    #[track_caller]
-    fn assert_clean(&self) {
-        self.assert_no_violations();
-        let mut counts = BTreeMap::new();
-        for (k, v) in &self.services {
-            if k.backend_slot == 0 {
-                counts.insert(
-                    lb4_services::frontend_of(k).unwrap(),
-                    (v.count, v.rev_nat_index),
-                );
-            }
-        }
-        let mut used_backends = BTreeSet::new();
-        let mut used_rev_nat = BTreeSet::new();
-        for (k, v) in &self.services {
-            let fe = lb4_services::frontend_of(k).unwrap();
-            let (count, rn) = counts
-                .get(&fe)
-                .copied()
-                .unwrap_or_else(|| panic!("{fe}: slot {} without a frontend", k.backend_slot));
-            assert_eq!(v.rev_nat_index, rn, "{fe}: slot {} rev_nat", k.backend_slot);
-            if k.backend_slot == 0 {
-                used_rev_nat.insert(lb4_services::rev_nat_of(v));
-            } else {
-                assert!(
-                    k.backend_slot <= count,
-                    "{fe}: slot {} beyond count {count}",
-                    k.backend_slot
-                );
-                used_backends.insert(v.backend_id);
-            }
-        }
-        let backends: BTreeSet<u32> = self.backends.keys().copied().collect();
-        assert_eq!(backends, used_backends, "backends nobody uses");
-        let rev_nat: BTreeSet<u16> = self.rev_nat.keys().copied().collect();
-        assert_eq!(rev_nat, used_rev_nat, "reverse-NAT entries nobody uses");
-    }
-
-    /// The service at `fe` as the datapath sees it.
-    fn view(&self, fe: &L4Addr) -> Option<View> {
-        let v = self.services.get(&lb4_services::key(fe, 0))?;
-        let ids: Vec<u32> = (1..=v.count)
-            .map(|s| self.services[&lb4_services::key(fe, s)].backend_id)
-            .collect();
-        Some(View {
-            count: v.count,
-            rev_nat: lb4_services::rev_nat_of(v),
-            backends: ids
-                .iter()
-                .map(|id| lb4_backends::addr_of(&self.backends[id]).unwrap())
-                .collect(),
-            ids,
-        })
-    }
-
-    /// Every slot key present for `fe`, 0 included.
-    fn slot_keys(&self, fe: &L4Addr) -> Vec<u16> {
-        self.services
-            .keys()
-            .filter(|k| lb4_services::frontend_of(k) == Some(*fe))
-            .map(|k| k.backend_slot)
-            .collect()
-    }
-
-    fn backend_id(&self, addr: &L4Addr) -> Option<u32> {
-        self.backends
-            .iter()
-            .find(|(_, v)| lb4_backends::addr_of(v) == Some(*addr))
-            .map(|(id, _)| *id)
-    }
-
-    /// Whether any slot of any service names backend `id`.
-    fn slot_names(&self, id: u32) -> bool {
-        self.services
-            .iter()
-            .any(|(k, v)| k.backend_slot != 0 && v.backend_id == id)
-    }
-
-    fn picture(&self) -> Programmed {
-        Programmed::from_entries(
-            self.services.iter().map(|(k, v)| (*k, *v)),
-            self.backends.iter().map(|(k, v)| (*k, *v)),
-        )
-    }
-}
-
-fn put_limited<K: Ord + Copy, V: Copy>(
-    map: &mut BTreeMap<K, V>,
-    cap: usize,
-    key: K,
-    value: V,
-    name: &'static str,
-) -> Result<(), MapWriteError> {
-    if !map.contains_key(&key) && map.len() >= cap {
-        return Err(io_err(name, "update", libc::E2BIG));
-    }
-    map.insert(key, value);
-    Ok(())
-}
-
-impl LbMapWriter for FakeMaps {
-    fn put_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<(), MapWriteError> {
-        let fe = lb4_services::frontend_of(key).expect("the reconciler writes TCP/UDP only");
-        let op = Op::PutService(fe, key.backend_slot);
-        self.attempt(op.clone(), lash_common::maps::LB4_SERVICES.name, "update")?;
-        let r = put_limited(
-            &mut self.services,
-            self.cap.services,
-            *key,
-            *value,
-            lash_common::maps::LB4_SERVICES.name,
-        );
-        self.check_invariant(&op);
-        r
-    }
-    fn del_service(&mut self, key: &Lb4Key) -> Result<(), MapWriteError> {
-        let fe = lb4_services::frontend_of(key).expect("the reconciler writes TCP/UDP only");
-        let op = Op::DelService(fe, key.backend_slot);
-        self.attempt(op.clone(), lash_common::maps::LB4_SERVICES.name, "delete")?;
-        self.services.remove(key);
-        self.check_invariant(&op);
-        Ok(())
-    }
-    fn put_backend(&mut self, id: u32, value: &Lb4Backend) -> Result<(), MapWriteError> {
-        assert_ne!(id, 0, "backend id 0 means 'no backend' in the datapath");
-        let op = Op::PutBackend(id, lb4_backends::addr_of(value).expect("TCP/UDP"));
-        self.attempt(op.clone(), lash_common::maps::LB4_BACKENDS.name, "update")?;
-        let r = put_limited(
-            &mut self.backends,
-            self.cap.backends,
-            id,
-            *value,
-            lash_common::maps::LB4_BACKENDS.name,
-        );
-        self.check_invariant(&op);
-        r
-    }
-    fn del_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
-        let op = Op::DelBackend(id);
-        self.attempt(op.clone(), lash_common::maps::LB4_BACKENDS.name, "delete")?;
-        self.backends.remove(&id);
-        self.check_invariant(&op);
-        Ok(())
-    }
-    fn put_rev_nat(&mut self, index: u16, value: &Lb4ReverseNat) -> Result<(), MapWriteError> {
-        assert_ne!(index, 0, "rev_nat index 0 means 'none'");
-        let op = Op::PutRevNat(index);
-        self.attempt(op.clone(), lash_common::maps::LB4_REVERSE_NAT.name, "update")?;
-        let r = put_limited(
-            &mut self.rev_nat,
-            self.cap.rev_nat,
-            index,
-            *value,
-            lash_common::maps::LB4_REVERSE_NAT.name,
-        );
-        self.check_invariant(&op);
-        r
-    }
-    fn del_rev_nat(&mut self, index: u16) -> Result<(), MapWriteError> {
-        let op = Op::DelRevNat(index);
-        self.attempt(op.clone(), lash_common::maps::LB4_REVERSE_NAT.name, "delete")?;
-        self.rev_nat.remove(&index);
-        self.check_invariant(&op);
-        Ok(())
-    }
-    fn capacity(&self) -> Capacity {
-        self.cap
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct View {
-    count: u16,
-    rev_nat: u16,
-    backends: Vec<L4Addr>,
-    ids: Vec<u32>,
-}
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -536,19 +171,27 @@ fn fresh_programming_of_several_services() {
     }
     assert_serves(&maps, &desired);
 
-    // Backends go in before any slot names them; a frontend comes after its slots.
+    // Each service's backends and match entries go in before any of its
+    // slots names them; a frontend comes after its slots.
     let ops = maps.take_ops();
-    let first_slot = ops
-        .iter()
-        .position(|o| matches!(o, Op::PutService(..)))
-        .unwrap();
-    assert!(
-        ops[..first_slot]
+    for s in &desired {
+        let first_slot = ops
             .iter()
-            .filter(|o| matches!(o, Op::PutBackend(..)))
-            .count()
-            == 6
-    );
+            .position(|o| matches!(o, Op::PutService(f, _) if *f == s.frontend))
+            .unwrap();
+        for (b, _) in &s.backends {
+            let put = ops
+                .iter()
+                .position(|o| matches!(o, Op::PutBackend(_, a) if a == b))
+                .unwrap();
+            assert!(put < first_slot, "{}: backend {b} after a slot", s.name);
+        }
+        let matches = ops[..first_slot]
+            .iter()
+            .filter(|o| matches!(o, Op::PutMatch(..)))
+            .count();
+        assert!(matches >= s.backends.len(), "{}: match entries after a slot", s.name);
+    }
     for s in &desired {
         let fe0 = ops
             .iter()
@@ -1305,7 +948,7 @@ fn failed_backend_write_holds_back_only_its_services() {
     ];
     let r = reconcile(&mut rec, &mut maps, &desired);
     assert_error_mentions(&r, &["backend 10.244.0.3:8080/TCP", "os error 5"]);
-    assert_error_mentions(&r, &["default/b", "could not be written"]);
+    assert_error_mentions(&r, &["default/b", "backend 10.244.0.3:8080/TCP", "kept as it was"]);
     maps.assert_clean();
     assert!(maps.view(&fe(2)).is_none());
     assert_serves(&maps, &[desired[0].clone(), desired[2].clone()]);
@@ -1616,9 +1259,12 @@ fn apply_keeps_the_invariant_through_upserts_and_removes() {
     assert!(
         matches!(ops[..2], [Op::PutBackend(_, x), Op::PutBackend(_, y)] if x == be(4) && y == be(5))
     );
+    let (id4, id5) = (maps.backend_id(&be(4)).unwrap(), maps.backend_id(&be(5)).unwrap());
     assert_eq!(
         ops[2..],
         [
+            Op::PutMatch(id4, first.rev_nat),
+            Op::PutMatch(id5, first.rev_nat),
             Op::PutService(fe(1), 3),
             Op::PutService(fe(1), 4),
             Op::PutService(fe(1), 0)
@@ -1661,7 +1307,8 @@ fn apply_keeps_the_invariant_through_upserts_and_removes() {
         "backends go last"
     );
 
-    // Empty, then remove: frontend first, then slots, then rev-NAT, then backends.
+    // Empty, then remove: frontend first, then slots, then match entries,
+    // then rev-NAT, then backends.
     apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[6]))]);
     let a = maps.view(&fe(1)).unwrap();
     maps.take_ops();
@@ -1672,6 +1319,7 @@ fn apply_keeps_the_invariant_through_upserts_and_removes() {
         [
             Op::DelService(fe(1), 0),
             Op::DelService(fe(1), 1),
+            Op::DelMatch(a.ids[0], a.rev_nat),
             Op::DelRevNat(a.rev_nat),
             Op::DelBackend(a.ids[0])
         ]
@@ -2120,4 +1768,59 @@ fn any_failed_write_of_apply_is_safe_and_recovered() {
             assert_settled(&mut rec, &mut maps, &target);
         }
     }
+}
+
+/// A backend that stays in a service keeps its affinity-match entry through
+/// any slot move, so a UDP socket on it is never re-balanced; the entry of a
+/// backend that leaves goes only after no slot names it.
+#[test]
+fn affinity_match_follows_membership_not_slots() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3, 4])]);
+    let before = maps.view(&fe(1)).unwrap();
+    maps.take_ops();
+    // be(1) sits in slot 1: removing it moves be(4) from slot 4 into the hole.
+    apply_ok(&mut rec, &mut maps, &[up(svc("a", fe(1), &[2, 3, 4]))]);
+    let after = maps.view(&fe(1)).unwrap();
+    assert_eq!(after.ids[0], before.ids[3], "the tail moved into the hole");
+    let ops = maps.take_ops();
+    let gone = before.ids[0];
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, Op::DelMatch(..)))
+            .collect::<Vec<_>>(),
+        [&Op::DelMatch(gone, before.rev_nat)],
+        "only the leaving backend loses its match entry: {ops:?}"
+    );
+    let del = ops.iter().position(|o| matches!(o, Op::DelMatch(..))).unwrap();
+    let fe0 = ops.iter().position(|o| *o == Op::PutService(fe(1), 0)).unwrap();
+    assert!(fe0 < del, "match entry deleted while a slot still named it");
+    assert!(!ops.iter().any(|o| matches!(o, Op::PutMatch(..))));
+}
+
+/// What a crash right after writing a new service's reverse-NAT entry (or its
+/// match entries) leaves is found at restart and swept by the first full
+/// reconcile; nothing else is touched.
+#[test]
+fn restart_sweeps_leftover_rev_nat_and_match_entries() {
+    let (mut rec, mut maps) = fresh();
+    reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2])]);
+    let a = maps.view(&fe(1)).unwrap();
+    // The crashed agent's half-written service b: rev-NAT 9 and one match.
+    maps.rev_nat.insert(9, lb4_reverse_nat::value(&fe(2)));
+    maps.matches.insert((a.ids[0], 9));
+    let p = maps.picture();
+    assert_eq!(p.orphan_rev_nats, BTreeSet::from([9]));
+    assert_eq!(p.orphan_matches, BTreeSet::from([(a.ids[0], 9)]));
+    let mut rec = Reconciler::new(p);
+    maps.take_ops();
+    let desired = [svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[3])];
+    reconcile_ok(&mut rec, &mut maps, &desired);
+    let ops = maps.take_ops();
+    assert_eq!(ops[..2], [Op::DelMatch(a.ids[0], 9), Op::DelRevNat(9)], "{ops:?}");
+    assert_eq!(maps.view(&fe(1)), Some(a), "a untouched");
+    assert_serves(&maps, &desired);
+    // Nothing left to sweep: the next restart finds a clean picture.
+    let p = maps.picture();
+    assert!(p.orphan_rev_nats.is_empty() && p.orphan_matches.is_empty());
 }

@@ -6,7 +6,7 @@ use lash_common::{
     Lb4Backend, BE_STATE_ACTIVE, BE_STATE_MAINTENANCE, BE_STATE_QUARANTINED, BE_STATE_TERMINATING,
 };
 
-use crate::lb::{BackendState, L4Addr, Proto};
+use crate::model::{BackendState, L4Addr, Proto};
 
 pub fn value(addr: &L4Addr, state: BackendState) -> Lb4Backend {
     Lb4Backend {

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use lash_common::Lb4ReverseNat;
 
-use crate::lb::L4Addr;
+use crate::model::L4Addr;
 
 pub fn key(rev_nat_index: u16) -> u16 {
     rev_nat_index.to_be()

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use lash_common::{Lb4Key, Lb4Service, LB_LOOKUP_SCOPE_EXT};
 
-use crate::lb::{L4Addr, Proto};
+use crate::model::{L4Addr, Proto};
 
 /// The key of `slot` of the service at `frontend` (slot 0: the service itself).
 pub fn key(frontend: &L4Addr, slot: u16) -> Lb4Key {

@@ -1,0 +1,280 @@
+//! The one owner of the maps. A single thread holds the map handles and the
+//! [`Reconciler`]; sources (the manifest directory today, the Kubernetes API
+//! and the CNI next) send it [`Command`]s over a channel and never touch a map
+//! themselves. One writer means one write order, and a full sync of 50k
+//! Services (seconds) runs on its own thread instead of stalling the runtime.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
+
+use crate::{
+    lb::{Reconciler, Report},
+    maps::LbMapWriter,
+    model::{Change, DesiredService},
+};
+
+/// What a source knows beyond the services themselves: its input errors
+/// (files that do not parse, invalid fields, clashes) and warnings (fields
+/// that are not served), current as of this command.
+#[derive(Clone, Debug, Default)]
+pub struct SourceState {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub enum Command {
+    /// Bring a few frontends to a new state.
+    Apply {
+        changes: Vec<Change>,
+        source: SourceState,
+        done: Option<oneshot::Sender<Outcome>>,
+    },
+    /// Bring the maps to exactly this desired set.
+    Resync {
+        desired: Vec<DesiredService>,
+        source: SourceState,
+        done: Option<oneshot::Sender<Outcome>>,
+    },
+}
+
+/// What the owner tells a source after a command.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Programming errors of this command (a full resync is due if any).
+    pub errors: Vec<String>,
+}
+
+/// The picture after each command, for whoever reports status.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub syncs: u64,
+    pub last_sync_ms: f64,
+    pub services: usize,
+    pub backends: usize,
+    /// Source errors plus the programming errors still standing.
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The owner thread's handle: send commands here.
+pub type Sender = mpsc::Sender<Command>;
+
+/// Starts the owner thread over `maps`. `publish` is called after every
+/// command with the new snapshot (the agent writes its status file there).
+/// The thread ends when every sender is dropped.
+pub fn spawn<M, P>(
+    mut reconciler: Reconciler,
+    mut maps: M,
+    mut publish: P,
+) -> (Sender, std::thread::JoinHandle<()>)
+where
+    M: LbMapWriter + Send + 'static,
+    P: FnMut(&Snapshot) + Send + 'static,
+{
+    // Sources wait when the owner is behind instead of queueing without end.
+    let (tx, mut rx) = mpsc::channel::<Command>(64);
+    let handle = std::thread::Builder::new()
+        .name("lash-datapath".into())
+        .spawn(move || {
+            let mut snap = Snapshot::default();
+            // Errors of the last full reconcile stand until the next one; an
+            // incremental apply adds its own.
+            let mut standing: Vec<String> = Vec::new();
+            while let Some(cmd) = rx.blocking_recv() {
+                let started = Instant::now();
+                let (full, report, source, done) = match cmd {
+                    Command::Apply {
+                        changes,
+                        source,
+                        done,
+                    } => (false, reconciler.apply(&changes, &mut maps), source, done),
+                    Command::Resync {
+                        desired,
+                        source,
+                        done,
+                    } => {
+                        let r = reconciler.reconcile(&desired, &mut maps);
+                        drop(desired);
+                        standing.clear();
+                        // A full sync drops a lot at once; give the freed heap
+                        // back so RSS shows what the agent keeps.
+                        trim_heap();
+                        (true, r, source, done)
+                    }
+                };
+                let elapsed = started.elapsed();
+                log_report(full, &report, elapsed);
+                standing.extend(report.errors.iter().cloned());
+                let mut errors = source.errors;
+                errors.extend(standing.iter().cloned());
+                errors.sort();
+                errors.dedup();
+                // Log an error when it appears, not on every sync it persists
+                // through (the status keeps the full current list).
+                for e in errors.iter().filter(|e| !snap.errors.contains(e)) {
+                    error!("{e}");
+                }
+                snap.syncs += 1;
+                snap.last_sync_ms = elapsed.as_secs_f64() * 1e3;
+                snap.services = reconciler.programmed().services.len();
+                snap.backends = reconciler.programmed().backends.len();
+                snap.errors = errors;
+                snap.warnings = source.warnings;
+                publish(&snap);
+                if let Some(done) = done {
+                    let _ = done.send(Outcome {
+                        errors: report.errors,
+                    });
+                }
+            }
+        })
+        .expect("spawning the datapath thread");
+    (tx, handle)
+}
+
+fn log_report(full: bool, report: &Report, elapsed: Duration) {
+    if report.services_written + report.services_removed + report.backends_added + report.backends_removed
+        > 0
+    {
+        info!(
+            full,
+            written = report.services_written,
+            removed = report.services_removed,
+            backends_added = report.backends_added,
+            backends_removed = report.backends_removed,
+            ms = elapsed.as_secs_f64() * 1e3,
+            "reconciled"
+        );
+    }
+}
+
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::Ipv4Addr,
+        sync::{
+            atomic::{AtomicU64, Ordering},
+            Arc,
+        },
+    };
+
+    use super::*;
+    use crate::{
+        lb::Programmed,
+        maps::{fake::FakeMaps, Capacity, MapWriteError},
+        model::{BackendState, L4Addr, Proto, ServiceKind},
+    };
+    use lash_common::{Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
+
+    /// The fake maps, each write slowed down like a loaded node's.
+    struct SlowMaps(FakeMaps, Duration);
+
+    impl LbMapWriter for SlowMaps {
+        fn put_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<(), MapWriteError> {
+            std::thread::sleep(self.1);
+            self.0.put_service(k, v)
+        }
+        fn del_service(&mut self, k: &Lb4Key) -> Result<(), MapWriteError> {
+            self.0.del_service(k)
+        }
+        fn put_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
+            self.0.put_backend(id, v)
+        }
+        fn del_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
+            self.0.del_backend(id)
+        }
+        fn put_rev_nat(&mut self, i: u16, v: &Lb4ReverseNat) -> Result<(), MapWriteError> {
+            self.0.put_rev_nat(i, v)
+        }
+        fn del_rev_nat(&mut self, i: u16) -> Result<(), MapWriteError> {
+            self.0.del_rev_nat(i)
+        }
+        fn put_affinity_match(&mut self, id: u32, i: u16) -> Result<(), MapWriteError> {
+            self.0.put_affinity_match(id, i)
+        }
+        fn del_affinity_match(&mut self, id: u32, i: u16) -> Result<(), MapWriteError> {
+            self.0.del_affinity_match(id, i)
+        }
+        fn capacity(&self) -> Capacity {
+            self.0.capacity()
+        }
+    }
+
+    fn desired(n: u32) -> Vec<DesiredService> {
+        (0..n)
+            .map(|i| DesiredService {
+                name: format!("ns/svc-{i}:http"),
+                frontend: L4Addr {
+                    ip: Ipv4Addr::from(0x0a60_0000 + i),
+                    port: 80,
+                    proto: Proto::Tcp,
+                },
+                kind: ServiceKind::ClusterIP,
+                backends: vec![(
+                    L4Addr {
+                        ip: Ipv4Addr::from(0x0af4_0000 + i),
+                        port: 8080,
+                        proto: Proto::Tcp,
+                    },
+                    BackendState::Active,
+                )],
+            })
+            .collect()
+    }
+
+    /// A long full sync runs on the owner's thread: a timer task on the
+    /// runtime keeps ticking meanwhile, and the sync still completes.
+    #[test]
+    fn long_full_sync_does_not_stall_the_runtime() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let maps = SlowMaps(FakeMaps::with_capacity(4096, 4096, 4096), Duration::from_millis(1));
+            let snaps = Arc::new(AtomicU64::new(0));
+            let seen = snaps.clone();
+            let (tx, handle) = spawn(Reconciler::new(Programmed::default()), maps, move |s| {
+                seen.store(s.services as u64, Ordering::SeqCst)
+            });
+            let ticks = Arc::new(AtomicU64::new(0));
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                let mut iv = tokio::time::interval(Duration::from_millis(10));
+                loop {
+                    iv.tick().await;
+                    t.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            let (done_tx, done_rx) = oneshot::channel();
+            let started = Instant::now();
+            tx.send(Command::Resync {
+                desired: desired(600),
+                source: SourceState::default(),
+                done: Some(done_tx),
+            })
+            .await
+            .unwrap();
+            // While the sync runs (600 services x 2 slow writes >= 1.2 s),
+            // the runtime serves the ticker.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mid = ticks.load(Ordering::SeqCst);
+            assert!(mid >= 25, "the runtime stalled during a full sync: {mid} ticks in 500 ms");
+            let outcome = done_rx.await.unwrap();
+            assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+            assert!(started.elapsed() >= Duration::from_millis(1200));
+            assert_eq!(snaps.load(Ordering::SeqCst), 600);
+            ticker.abort();
+            drop(tx);
+            handle.join().unwrap();
+        });
+    }
+}

@@ -1,0 +1,154 @@
+//! The manifest directory as a source: watches the directory, turns each
+//! change into frontend changes through the [`ServiceIndex`], and sends them to
+//! the map owner; a full resync on a slow timer is the safety net behind the
+//! watch, and one second after a change that could not be programmed.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use notify::Watcher as _;
+use tokio::sync::{mpsc, oneshot};
+use tracing::info;
+
+use crate::{
+    datapath::{self, Command, Outcome, SourceState},
+    k8s::{index::ServiceIndex, manifests::ManifestDir},
+    model::Change,
+};
+
+pub struct ManifestSource {
+    dir: PathBuf,
+    source: ManifestDir,
+    index: ServiceIndex,
+    /// Errors of files that do not parse, from the last refresh.
+    file_errors: Vec<String>,
+}
+
+impl ManifestSource {
+    pub fn new(dir: PathBuf) -> Self {
+        ManifestSource {
+            source: ManifestDir::new(&dir),
+            dir,
+            index: ServiceIndex::default(),
+            file_errors: Vec::new(),
+        }
+    }
+
+    /// Reads what changed on disk; returns the frontend changes it causes.
+    fn refresh(&mut self) -> Vec<Change> {
+        match self.source.refresh() {
+            Ok(r) => {
+                self.file_errors = r.errors;
+                self.index.apply_files(r.changed)
+            }
+            Err(e) => {
+                // Keep everything as it is: an unreadable directory says
+                // nothing about what should be served.
+                self.file_errors = vec![e.to_string()];
+                Vec::new()
+            }
+        }
+    }
+
+    fn state(&self) -> SourceState {
+        let mut errors = self.file_errors.clone();
+        errors.extend(self.index.errors());
+        SourceState {
+            errors,
+            warnings: self.index.warnings(),
+        }
+    }
+
+    async fn send(&self, tx: &datapath::Sender, full: bool, changes: Vec<Change>) -> Option<Outcome> {
+        let (done, outcome) = oneshot::channel();
+        let source = self.state();
+        let cmd = if full {
+            Command::Resync {
+                desired: self.index.desired(),
+                source,
+                done: Some(done),
+            }
+        } else {
+            Command::Apply {
+                changes,
+                source,
+                done: Some(done),
+            }
+        };
+        tx.send(cmd).await.ok()?;
+        outcome.await.ok()
+    }
+
+    /// A full sync: everything on disk, all of it sent.
+    async fn full(&mut self, tx: &datapath::Sender) -> Option<Outcome> {
+        tokio::task::block_in_place(|| self.refresh());
+        self.send(tx, true, Vec::new()).await
+    }
+
+    /// Runs until `stop` fires or the owner goes away. The first full sync is
+    /// done (and programmed) before this returns the first time it yields.
+    pub async fn run(
+        mut self,
+        tx: datapath::Sender,
+        resync: Duration,
+        mut stop: mpsc::Receiver<()>,
+    ) -> anyhow::Result<()> {
+        let (ev_tx, mut events) = mpsc::unbounded_channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            // Our own reads show up as access events; only changes matter.
+            let changed = ev.is_ok_and(|e| {
+                matches!(
+                    e.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Modify(_)
+                        | notify::EventKind::Remove(_)
+                )
+            });
+            if changed {
+                let _ = ev_tx.send(());
+            }
+        })
+        .context("creating the manifest directory watcher")?;
+        watcher
+            .watch(&self.dir, notify::RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", self.dir.display()))?;
+
+        self.full(&tx).await;
+        info!(manifests = %self.dir.display(), "watching for changes");
+
+        let mut resync_timer = tokio::time::interval(resync);
+        resync_timer.tick().await;
+        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        // A failed incremental change is retried by a full sync soon. A later
+        // change that goes through must not cancel that retry.
+        let mut full_due: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                Some(()) = events.recv() => {
+                    // A file written in several steps sends several events; let
+                    // the writer finish, then take every event so far as one.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    while events.try_recv().is_ok() {}
+                    let changes = tokio::task::block_in_place(|| self.refresh());
+                    if let Some(o) = self.send(&tx, false, changes).await {
+                        if !o.errors.is_empty() {
+                            full_due.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                }
+                _ = resync_timer.tick() => {
+                    self.full(&tx).await;
+                    full_due = None;
+                }
+                _ = retry.tick(), if full_due.is_some_and(|t| Instant::now() >= t) => {
+                    self.full(&tx).await;
+                    full_due = None;
+                }
+                _ = stop.recv() => return Ok(()),
+            }
+        }
+    }
+}

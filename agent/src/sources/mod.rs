@@ -1,0 +1,8 @@
+//! Where desired state comes from. Each source runs as a task, keeps its own
+//! index of what it knows, and sends [`crate::datapath::Command`]s to the map
+//! owner; none of them touches a map.
+//!
+//! - `manifest_dir`: a directory of Service and EndpointSlice manifests
+//!   (standalone mode).
+
+pub mod manifest_dir;
