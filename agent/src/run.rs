@@ -85,7 +85,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut source = std::pin::pin!(source);
     let result = tokio::select! {
-        r = &mut source => r?,
+        r = &mut source => r?.map_err(anyhow::Error::from),
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = sigterm.recv() => Ok(()),
     };

@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use notify::Watcher as _;
+use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
@@ -18,6 +18,14 @@ use crate::{
     k8s::{index::ServiceIndex, manifests::ManifestDir},
     model::Change,
 };
+
+#[derive(Debug, Error)]
+#[error("watching the manifest directory {dir}: {source}")]
+pub struct WatchError {
+    dir: PathBuf,
+    #[source]
+    source: notify::Error,
+}
 
 pub struct ManifestSource {
     dir: PathBuf,
@@ -95,7 +103,7 @@ impl ManifestSource {
         tx: datapath::Sender,
         resync: Duration,
         mut stop: mpsc::Receiver<()>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), WatchError> {
         let (ev_tx, mut events) = mpsc::unbounded_channel::<()>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             // Our own reads show up as access events; only changes matter.
@@ -111,10 +119,16 @@ impl ManifestSource {
                 let _ = ev_tx.send(());
             }
         })
-        .context("creating the manifest directory watcher")?;
+        .map_err(|source| WatchError {
+            dir: self.dir.clone(),
+            source,
+        })?;
         watcher
             .watch(&self.dir, notify::RecursiveMode::NonRecursive)
-            .with_context(|| format!("watching {}", self.dir.display()))?;
+            .map_err(|source| WatchError {
+                dir: self.dir.clone(),
+                source,
+            })?;
 
         self.full(&tx).await;
         info!(manifests = %self.dir.display(), "watching for changes");
