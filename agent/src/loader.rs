@@ -27,12 +27,17 @@ use thiserror::Error;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lash.bpf.o"));
 
 /// The socket programs, by the function names in ebpf/src/sock.rs, and the
-/// hook each is attached to.
-pub const SOCK_PROGRAMS: [(&str, &str); 4] = [
+/// hook each is attached to. The IPv6 hooks serve IPv6 sockets that reach IPv4
+/// Services through v4-mapped addresses.
+pub const SOCK_PROGRAMS: [(&str, &str); 8] = [
     ("sock4_connect", "connect4"),
     ("sock4_sendmsg", "sendmsg4"),
     ("sock4_recvmsg", "recvmsg4"),
     ("sock4_getpeername", "getpeername4"),
+    ("sock6_connect", "connect6"),
+    ("sock6_sendmsg", "sendmsg6"),
+    ("sock6_recvmsg", "recvmsg6"),
+    ("sock6_getpeername", "getpeername6"),
 ];
 
 /// bpffs magic number (statfs f_type).

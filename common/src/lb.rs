@@ -80,53 +80,62 @@ pub struct Lb4ReverseNat {
     pub port: u16,
 }
 
-/// Key of lb4_reverse_sk: which backend a given socket was sent to.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Ipv4RevnatTuple {
-    pub cookie: u64,
-    /// Backend address, network order.
-    pub address: u32,
-    /// Backend port, network order.
-    pub port: u16,
-    pub pad: u16,
-}
+/// How many services one socket keeps a translation for at a time. A socket
+/// that talks to more (an unconnected UDP socket sending to many VIPs) reuses
+/// its own oldest entry; no other socket can take its entries away.
+pub const SOCK_LB_ENTRIES: usize = 8;
 
-/// Value of lb4_reverse_sk: the frontend that socket asked for.
+/// One service a socket was sent to, and the backend it got: the forward
+/// choice (kept for UDP, so every datagram of the socket goes to one backend)
+/// and the reverse view (so recvmsg/getpeername show the frontend).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Ipv4RevnatEntry {
-    pub address: u32,
-    pub port: u16,
-    /// Network order, like everywhere else.
-    pub rev_nat_index: u16,
-}
-
-/// Key of lb4_affinity: the backend an (unconnected) UDP socket was given for a
-/// frontend, so every datagram of the socket goes to the same backend.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Lb4AffinityKey {
-    pub cookie: u64,
-    /// Frontend address, network order.
-    pub address: u32,
+pub struct SockLbEntry {
+    /// Frontend address, network order; 0 marks an unused entry (0.0.0.0 is
+    /// never a Service).
+    pub frontend_address: u32,
     /// Frontend port, network order.
-    pub dport: u16,
-    pub proto: u8,
-    pub pad: u8,
+    pub frontend_port: u16,
+    /// The frontend's rev-NAT index, network order: the reverse view holds
+    /// only while lb4_reverse_nat still maps it to this frontend.
+    pub rev_nat_index: u16,
+    /// Backend address, network order.
+    pub backend_address: u32,
+    /// Backend port, network order.
+    pub backend_port: u16,
+    /// `SOCK_LB_*` flags.
+    pub flags: u16,
+    /// Host order; checked against lb4_affinity_match before a UDP socket
+    /// reuses it.
+    pub backend_id: u32,
 }
 
-/// Value of lb4_affinity.
+/// The socket moved on from this backend (its own backend left the service):
+/// the entry serves only the reverse view of replies still on their way.
+pub const SOCK_LB_RETIRED: u16 = 1;
+
+/// Value of lb4_sock_state, a socket-local storage map: the socket's
+/// translations live and die with the socket itself, so no amount of other
+/// sockets' churn can evict them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Lb4AffinityVal {
-    pub backend_id: u32,
-    /// The slot the backend was found in. The choice stands only while that slot
-    /// still holds this backend and is within the service's count, so a backend
-    /// taken out of a service is never used again for it.
-    pub slot: u16,
-    pub pad: u16,
+pub struct SockLbState {
+    pub entries: [SockLbEntry; SOCK_LB_ENTRIES],
+    /// Which entry to reuse next once all are taken (round robin).
+    pub next: u32,
+    pub pad: u32,
 }
+
+/// Index (u32 key) into lb4_sock_events: a socket the programs translated but
+/// could not give per-socket state (no memory for its storage). Its connect or
+/// datagram still proceeds; its replies and getpeername() show the backend,
+/// and a UDP socket picks a backend per datagram.
+pub const SOCK_EV_NO_STATE: u32 = 0;
+/// A socket used more than [`SOCK_LB_ENTRIES`] services and reused its
+/// oldest entry.
+pub const SOCK_EV_ENTRY_REUSED: u32 = 1;
+/// Number of counters in lb4_sock_events.
+pub const SOCK_EV_COUNT: u32 = 2;
 
 /// Key of lb4_affinity_match: present while backend `backend_id` is one of the
 /// service `rev_nat_id`'s backends. Written by the agent; the programs check it
@@ -148,11 +157,9 @@ const _: () = assert!(size_of::<Lb4Key>() == 12);
 const _: () = assert!(size_of::<Lb4Service>() == 12);
 const _: () = assert!(size_of::<Lb4Backend>() == 12);
 const _: () = assert!(size_of::<Lb4ReverseNat>() == 6);
-const _: () = assert!(size_of::<Ipv4RevnatTuple>() == 16);
-const _: () = assert!(size_of::<Ipv4RevnatEntry>() == 8);
-const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
-const _: () = assert!(size_of::<Lb4AffinityVal>() == 8);
 const _: () = assert!(size_of::<Lb4AffinityMatch>() == 8);
+const _: () = assert!(size_of::<SockLbEntry>() == 20);
+const _: () = assert!(size_of::<SockLbState>() == 20 * SOCK_LB_ENTRIES + 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -163,9 +170,7 @@ mod pod {
     unsafe impl aya::Pod for Lb4Service {}
     unsafe impl aya::Pod for Lb4Backend {}
     unsafe impl aya::Pod for Lb4ReverseNat {}
-    unsafe impl aya::Pod for Ipv4RevnatTuple {}
-    unsafe impl aya::Pod for Ipv4RevnatEntry {}
-    unsafe impl aya::Pod for Lb4AffinityKey {}
-    unsafe impl aya::Pod for Lb4AffinityVal {}
     unsafe impl aya::Pod for Lb4AffinityMatch {}
+    unsafe impl aya::Pod for SockLbEntry {}
+    unsafe impl aya::Pod for SockLbState {}
 }

@@ -13,6 +13,10 @@ use crate::lb::*;
 pub enum MapKind {
     Hash,
     LruHash,
+    PerCpuArray,
+    /// Socket-local storage: one value per socket, freed with the socket.
+    /// Keyed by a socket fd from user space; has no capacity (max_entries 0).
+    SkStorage,
 }
 
 impl MapKind {
@@ -20,6 +24,8 @@ impl MapKind {
         match self {
             MapKind::Hash => "hash",
             MapKind::LruHash => "lru_hash",
+            MapKind::PerCpuArray => "percpu_array",
+            MapKind::SkStorage => "sk_storage",
         }
     }
 }
@@ -69,20 +75,15 @@ pub const LB4_BACKENDS: MapDef =
 /// rev-NAT index -> frontend.
 pub const LB4_REVERSE_NAT: MapDef =
     def::<u16, Lb4ReverseNat>("lb4_reverse_nat", MapKind::Hash, 65536, Sizing::Fixed);
-/// (socket cookie, backend) -> frontend, for recvmsg/getpeername.
-pub const LB4_REVERSE_SK: MapDef = def::<Ipv4RevnatTuple, Ipv4RevnatEntry>(
-    "lb4_reverse_sk",
-    MapKind::LruHash,
-    LB_MAP_MAX_DEFAULT,
-    Sizing::LbMapMax,
-);
-/// (socket cookie, frontend) -> backend: a UDP socket's choice.
-pub const LB4_AFFINITY: MapDef = def::<Lb4AffinityKey, Lb4AffinityVal>(
-    "lb4_affinity",
-    MapKind::LruHash,
-    LB_MAP_MAX_DEFAULT,
-    Sizing::LbMapMax,
-);
+/// Per socket: the services it was sent to and the backends it got (the UDP
+/// choice and the reverse view for recvmsg/getpeername). Lives exactly as
+/// long as the socket, so nothing is sized or evicted.
+pub const LB4_SOCK_STATE: MapDef =
+    def::<i32, SockLbState>("lb4_sock_state", MapKind::SkStorage, 0, Sizing::Fixed);
+/// Counters of what the socket programs could not do (`SOCK_EV_*` indexes),
+/// one u64 per CPU: a reader sums them.
+pub const LB4_SOCK_EVENTS: MapDef =
+    def::<u32, u64>("lb4_sock_events", MapKind::PerCpuArray, SOCK_EV_COUNT, Sizing::Fixed);
 /// (backend id, rev-NAT index) -> 0: the backend is one of that service's.
 pub const LB4_AFFINITY_MATCH: MapDef = def::<Lb4AffinityMatch, u8>(
     "lb4_affinity_match",
@@ -96,7 +97,7 @@ pub const ALL: &[MapDef] = &[
     LB4_SERVICES,
     LB4_BACKENDS,
     LB4_REVERSE_NAT,
-    LB4_REVERSE_SK,
-    LB4_AFFINITY,
     LB4_AFFINITY_MATCH,
+    LB4_SOCK_STATE,
+    LB4_SOCK_EVENTS,
 ];

@@ -1,9 +1,11 @@
 //! Service lookup and backend selection, shared by the socket programs.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lash_common::{Lb4Backend, Lb4Key, Lb4Service, BE_STATE_ACTIVE, LB_LOOKUP_SCOPE_EXT};
+use lash_common::{
+    Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4Service, BE_STATE_ACTIVE, LB_LOOKUP_SCOPE_EXT,
+};
 
-use crate::maps::{LB4_BACKENDS, LB4_SERVICES};
+use crate::maps::{LB4_AFFINITY_MATCH, LB4_BACKENDS, LB4_SERVICES};
 
 /// The frontend entry (slot 0) of the service at `address:port/proto`, if any.
 /// `address` and `port` are in network byte order.
@@ -54,4 +56,19 @@ pub fn lookup_backend(id: u32) -> Option<Lb4Backend> {
     } else {
         None
     }
+}
+
+/// The backend with `id`, if it is still one of the backends of the service
+/// with `rev_nat_index` (network order) and takes new connections. Which slot
+/// it sits in does not matter: slots move when other backends leave.
+#[inline(always)]
+pub fn backend_of_service(id: u32, rev_nat_index: u16) -> Option<Lb4Backend> {
+    let key = Lb4AffinityMatch {
+        backend_id: id,
+        rev_nat_id: rev_nat_index,
+        pad: 0,
+    };
+    // SAFETY: only presence is read.
+    unsafe { LB4_AFFINITY_MATCH.get(&key) }?;
+    lookup_backend(id)
 }

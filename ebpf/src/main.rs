@@ -1,6 +1,8 @@
 //! lash kernel programs. One object, loaded and attached by the agent.
 //!
-//! - `sock`: cgroup/connect4, sendmsg4, recvmsg4, getpeername4 (socket-level LB).
+//! - `sock`: cgroup/connect, sendmsg, recvmsg and getpeername, for IPv4 and for
+//!   IPv6 sockets using v4-mapped addresses (socket-level LB).
+//! - `sock_state`: each socket's own record of its services and backends.
 //! - `lb`: service and backend lookups shared by the socket programs.
 //! - `maps`: every map, one place, with the pinned names bpftool shows.
 #![no_std]
@@ -9,6 +11,7 @@
 mod lb;
 mod maps;
 mod sock;
+mod sock_state;
 
 #[cfg(not(test))]
 #[panic_handler]

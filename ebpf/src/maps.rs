@@ -2,13 +2,15 @@
 //! outlive the agent process and a restarted agent finds them as it left them.
 //! Names and default sizes come from lash_common::maps, the one table of maps.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    macros::map,
-    maps::{HashMap, LruHashMap},
+    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC},
+    macros::{btf_map, map},
+    maps::{HashMap, PerCpuArray},
 };
 use lash_common::{
-    maps as def, Ipv4RevnatEntry, Ipv4RevnatTuple, Lb4AffinityKey, Lb4AffinityMatch,
-    Lb4AffinityVal, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service,
+    maps as def, Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, SockLbState,
 };
 
 /// (frontend, slot) -> service entry or backend id.
@@ -26,18 +28,71 @@ pub static LB4_BACKENDS: HashMap<u32, Lb4Backend> =
 pub static LB4_REVERSE_NAT: HashMap<u16, Lb4ReverseNat> =
     HashMap::pinned(def::LB4_REVERSE_NAT.max_entries, 0);
 
-/// (socket cookie, backend) -> frontend, so recvmsg/getpeername show the VIP.
-#[map(name = "lb4_reverse_sk")]
-pub static LB4_REVERSE_SK: LruHashMap<Ipv4RevnatTuple, Ipv4RevnatEntry> =
-    LruHashMap::pinned(def::LB4_REVERSE_SK.max_entries, 0);
-
-/// (socket cookie, frontend) -> backend: one backend per UDP socket and service.
-#[map(name = "lb4_affinity")]
-pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, Lb4AffinityVal> =
-    LruHashMap::pinned(def::LB4_AFFINITY.max_entries, 0);
-
 /// (backend id, rev-NAT index) -> 0 while the backend belongs to the service.
 /// Written by the agent only.
 #[map(name = "lb4_affinity_match")]
 pub static LB4_AFFINITY_MATCH: HashMap<Lb4AffinityMatch, u8> =
     HashMap::pinned(def::LB4_AFFINITY_MATCH.max_entries, 0);
+
+/// Counters of what the socket programs had to do without (`SOCK_EV_*`), per
+/// CPU: the BPF target has no atomic add to offer, and a reader sums anyway.
+#[map(name = "lb4_sock_events")]
+pub static LB4_SOCK_EVENTS: PerCpuArray<u64> =
+    PerCpuArray::pinned(def::LB4_SOCK_EVENTS.max_entries, 0);
+
+/// Per socket: its services and backends, freed by the kernel with the socket.
+#[btf_map(name = "lb4_sock_state")]
+pub static LB4_SOCK_STATE: SockStorage<SockLbState> = SockStorage::new();
+
+/// Adds one to counter `ev` of lb4_sock_events.
+#[inline(always)]
+pub fn count_event(ev: u32) {
+    if let Some(p) = LB4_SOCK_EVENTS.get_ptr_mut(ev) {
+        // SAFETY: this CPU's copy of a map value, valid while the map lives.
+        // A program preempted on this CPU by another run could lose an
+        // increment: the counts are for operators, not for decisions.
+        unsafe { *p += 1 };
+    }
+}
+
+/// A socket-local storage map, declared the BTF way: the kernel creates this
+/// kind only with the BTF ids of its key and value, which the legacy `maps`
+/// section cannot carry. aya-ebpf has such a declaration too, but without the
+/// `pinning` field; ours is pinned by name like every other map, so a
+/// restarted agent's programs see the state sockets already have.
+///
+/// The fields are never read: the loader reads their BTF types, where each
+/// array length encodes one attribute.
+#[repr(C)]
+pub struct SockStorage<V> {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+    /// LIBBPF_PIN_BY_NAME.
+    pinning: *const [i32; 1],
+}
+
+// SAFETY: the struct holds only null placeholders that are never dereferenced;
+// the kernel owns the map's data.
+unsafe impl<V> Sync for SockStorage<V> {}
+
+impl<V> SockStorage<V> {
+    pub const fn new() -> Self {
+        SockStorage {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+            pinning: core::ptr::null(),
+        }
+    }
+
+    /// The map as the helpers take it (the loader patches the reference).
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut c_void {
+        (self as *const Self).cast_mut().cast()
+    }
+}

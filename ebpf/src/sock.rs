@@ -1,21 +1,22 @@
 //! Socket-level load balancing: translate a Service frontend to a backend when a
 //! socket connects or sends, and back again when it receives or asks for its peer.
 //! No packet ever carries the VIP: the socket talks to the backend directly.
+//!
+//! The IPv6 hooks serve IPv6 sockets that use IPv4 through v4-mapped addresses
+//! (`::ffff:10.96.0.10`, what Java and other dual-stack clients do): they
+//! translate through the same IPv4 maps and hand the backend back v4-mapped.
+//! Pure IPv6 destinations are left alone.
 
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
-    macros::cgroup_sock_addr,
+    bindings::bpf_sock_addr, helpers::bpf_set_retval, macros::cgroup_sock_addr,
     programs::SockAddrContext,
-    EbpfContext,
 };
-use lash_common::{
-    Ipv4RevnatEntry, Ipv4RevnatTuple, Lb4AffinityKey, Lb4AffinityVal, Lb4Backend, Lb4Key,
-    IPPROTO_TCP, IPPROTO_UDP,
-};
+use lash_common::{Lb4Backend, Lb4Key, Lb4Service, SockLbEntry, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    lb::{backend_id_in_slot, lookup_backend, lookup_service, random_slot},
-    maps::{LB4_AFFINITY, LB4_REVERSE_NAT, LB4_REVERSE_SK},
+    lb::{backend_id_in_slot, backend_of_service, lookup_backend, lookup_service, random_slot},
+    maps::LB4_REVERSE_NAT,
+    sock_state,
 };
 
 /// Verdicts of cgroup/sock_addr programs: 1 lets the call proceed; 0 fails it
@@ -27,25 +28,116 @@ const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock4_connect(ctx: SockAddrContext) -> i32 {
-    verdict(sock4_xlate_fwd(&ctx))
+    verdict(xlate_fwd::<V4>(&ctx))
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock4_sendmsg(ctx: SockAddrContext) -> i32 {
-    verdict(sock4_xlate_fwd(&ctx))
+    verdict(xlate_fwd::<V4>(&ctx))
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock4_recvmsg(ctx: SockAddrContext) -> i32 {
-    sock4_xlate_rev(&ctx);
+    xlate_rev::<V4>(&ctx);
     // recvmsg cannot be rejected; the kernel requires 1.
     SYS_PROCEED
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock4_getpeername(ctx: SockAddrContext) -> i32 {
-    sock4_xlate_rev(&ctx);
+    xlate_rev::<V4>(&ctx);
     SYS_PROCEED
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock6_connect(ctx: SockAddrContext) -> i32 {
+    verdict(xlate_fwd::<V4Mapped>(&ctx))
+}
+
+/// Today's kernels hand a v4-mapped sendto() of an IPv6 UDP socket to the
+/// IPv4 path before this hook runs (so sendmsg4 translates it); this one is
+/// for kernels that do not, and costs pure IPv6 sends one comparison.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock6_sendmsg(ctx: SockAddrContext) -> i32 {
+    verdict(xlate_fwd::<V4Mapped>(&ctx))
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock6_recvmsg(ctx: SockAddrContext) -> i32 {
+    xlate_rev::<V4Mapped>(&ctx);
+    SYS_PROCEED
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock6_getpeername(ctx: SockAddrContext) -> i32 {
+    xlate_rev::<V4Mapped>(&ctx);
+    SYS_PROCEED
+}
+
+/// Where a hook keeps the IPv4 address it translates. Each program reads only
+/// the context fields its hook may touch, which the verifier checks per hook.
+trait Family {
+    /// The IPv4 address (network order) and port (network order), or None
+    /// when the address is not IPv4 in this family's form.
+    ///
+    /// # Safety
+    /// `sa` is the context the kernel passed to the program.
+    unsafe fn read(sa: *const bpf_sock_addr) -> Option<(u32, u16)>;
+    /// Replaces the address read by `read` (same form).
+    ///
+    /// # Safety
+    /// As `read`, in a hook where the address is writable.
+    unsafe fn write(sa: *mut bpf_sock_addr, address: u32, port: u16);
+}
+
+/// AF_INET sockets: user_ip4.
+struct V4;
+
+impl Family for V4 {
+    #[inline(always)]
+    unsafe fn read(sa: *const bpf_sock_addr) -> Option<(u32, u16)> {
+        // user_port holds the port in network order in its low 16 bits.
+        // SAFETY: per the trait contract.
+        unsafe { Some(((*sa).user_ip4, (*sa).user_port as u16)) }
+    }
+
+    #[inline(always)]
+    unsafe fn write(sa: *mut bpf_sock_addr, address: u32, port: u16) {
+        // SAFETY: per the trait contract.
+        unsafe {
+            (*sa).user_ip4 = address;
+            (*sa).user_port = u32::from(port);
+        }
+    }
+}
+
+/// AF_INET6 sockets with a v4-mapped address: `::ffff:a.b.c.d` is
+/// user_ip6 = [0, 0, htonl(0xffff), a.b.c.d].
+struct V4Mapped;
+
+const V4_MAPPED_MARK: u32 = 0xffff_u32.to_be();
+
+impl Family for V4Mapped {
+    #[inline(always)]
+    unsafe fn read(sa: *const bpf_sock_addr) -> Option<(u32, u16)> {
+        // SAFETY: per the trait contract.
+        let ip6 = unsafe { (*sa).user_ip6 };
+        if ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_MARK {
+            return None;
+        }
+        // SAFETY: per the trait contract.
+        Some((ip6[3], unsafe { (*sa).user_port } as u16))
+    }
+
+    #[inline(always)]
+    unsafe fn write(sa: *mut bpf_sock_addr, address: u32, port: u16) {
+        // The first three words already say "v4-mapped".
+        // SAFETY: per the trait contract.
+        unsafe {
+            (*sa).user_ip6[3] = address;
+            (*sa).user_port = u32::from(port);
+        }
+    }
 }
 
 /// Turn a translation result into the program's return value: a failed lookup of
@@ -65,129 +157,106 @@ fn verdict(r: Result<(), i32>) -> i32 {
 /// Forward translation: if the destination is a service frontend, rewrite it to
 /// one of its backends. Err(errno) when it is a service we cannot serve.
 #[inline(always)]
-fn sock4_xlate_fwd(ctx: &SockAddrContext) -> Result<(), i32> {
+fn xlate_fwd<F: Family>(ctx: &SockAddrContext) -> Result<(), i32> {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's life.
-    let (daddr, dport_raw, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
-    let proto = proto as u8;
+    let proto = unsafe { (*sa).protocol } as u8;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Ok(());
     }
-    // user_port holds the port in network order in its low 16 bits.
-    let dport = dport_raw as u16;
+    // SAFETY: as above.
+    let Some((daddr, dport)) = (unsafe { F::read(sa) }) else {
+        return Ok(());
+    };
     let Some((frontend, svc)) = lookup_service(daddr, dport, proto) else {
         return Ok(()); // not a service: untouched
     };
     if svc.count == 0 {
         return Err(ECONNREFUSED);
     }
-    // SAFETY: the context pointer is the one the kernel gave this program.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-
-    let backend = if proto == IPPROTO_UDP {
-        pick_sticky(&frontend, svc.count, cookie)?
-    } else {
-        pick_random(&frontend, svc.count)?.2
-    };
-
-    // Remember the frontend for this socket and backend, so replies and
-    // getpeername() show the address the application asked for.
-    let rev_key = Ipv4RevnatTuple {
-        cookie,
-        address: backend.address,
-        port: backend.port,
-        pad: 0,
-    };
-    let rev_val = Ipv4RevnatEntry {
-        address: daddr,
-        port: dport,
-        rev_nat_index: svc.rev_nat_index,
-    };
-    // A failed insert only costs the reverse view, never the connection.
-    let _ = LB4_REVERSE_SK.insert(&rev_key, &rev_val, 0);
-
-    // SAFETY: see above; these fields are writable in connect4 and sendmsg4.
-    unsafe {
-        (*sa).user_ip4 = backend.address;
-        (*sa).user_port = u32::from(backend.port);
-    }
+    let backend = choose_backend(ctx, &frontend, &svc)?;
+    // SAFETY: as above; connect and sendmsg hooks may rewrite the address.
+    unsafe { F::write(sa, backend.address, backend.port) };
     Ok(())
 }
 
-/// A random slot, the backend id it holds, and that backend.
+/// The backend for this socket, recorded in the socket's state for the reverse
+/// view. A UDP socket keeps the backend it got first for as long as that
+/// backend is one of the service's, wherever its slot moves; a TCP connect
+/// picks at random.
 #[inline(always)]
-fn pick_random(frontend: &Lb4Key, count: u16) -> Result<(u16, u32, Lb4Backend), i32> {
-    let slot = random_slot(count);
-    let id = backend_id_in_slot(frontend, slot).ok_or(ECONNREFUSED)?;
-    let be = lookup_backend(id).ok_or(ECONNREFUSED)?;
-    Ok((slot, id, be))
-}
-
-/// The backend this socket already uses for the service, while it is still in
-/// the service; otherwise a fresh random one, remembered for the next datagram.
-#[inline(always)]
-fn pick_sticky(frontend: &Lb4Key, count: u16, cookie: u64) -> Result<Lb4Backend, i32> {
-    let key = Lb4AffinityKey {
-        cookie,
-        address: frontend.address,
-        dport: frontend.dport,
-        proto: frontend.proto,
-        pad: 0,
+fn choose_backend(
+    ctx: &SockAddrContext,
+    frontend: &Lb4Key,
+    svc: &Lb4Service,
+) -> Result<Lb4Backend, i32> {
+    let Some(state) = sock_state::get_or_create(ctx) else {
+        // Without state the socket still gets a backend; it only loses the
+        // reverse view and, for UDP, the stickiness (counted).
+        return pick_random(frontend, svc.count).map(|(_, be)| be);
     };
-    // SAFETY: copied out at once.
-    if let Some(prev) = unsafe { LB4_AFFINITY.get(&key) }.copied() {
-        if prev.slot >= 1
-            && prev.slot <= count
-            && backend_id_in_slot(frontend, prev.slot) == Some(prev.backend_id)
-        {
-            if let Some(be) = lookup_backend(prev.backend_id) {
+    let udp = frontend.proto == IPPROTO_UDP;
+    let current = sock_state::find_frontend(state, frontend.address, frontend.dport);
+    if udp {
+        if let Some(i) = current {
+            let e = &mut state.entries[i & (lash_common::SOCK_LB_ENTRIES - 1)];
+            if let Some(be) = backend_of_service(e.backend_id, svc.rev_nat_index) {
+                // The id still names this service's backend; keep the record
+                // in step should the agent have changed its address.
+                if e.backend_address != be.address || e.backend_port != be.port {
+                    e.backend_address = be.address;
+                    e.backend_port = be.port;
+                }
                 return Ok(be);
             }
         }
     }
-    let (slot, id, be) = pick_random(frontend, count)?;
-    let val = Lb4AffinityVal {
+    let (id, be) = pick_random(frontend, svc.count)?;
+    let entry = SockLbEntry {
+        frontend_address: frontend.address,
+        frontend_port: frontend.dport,
+        rev_nat_index: svc.rev_nat_index,
+        backend_address: be.address,
+        backend_port: be.port,
+        flags: 0,
         backend_id: id,
-        slot,
-        pad: 0,
     };
-    let _ = LB4_AFFINITY.insert(&key, &val, 0);
+    sock_state::record(state, current, entry, udp);
     Ok(be)
+}
+
+/// A random slot's backend id and that backend.
+#[inline(always)]
+fn pick_random(frontend: &Lb4Key, count: u16) -> Result<(u32, Lb4Backend), i32> {
+    let id = backend_id_in_slot(frontend, random_slot(count)).ok_or(ECONNREFUSED)?;
+    let be = lookup_backend(id).ok_or(ECONNREFUSED)?;
+    Ok((id, be))
 }
 
 /// Reverse translation: if this socket was sent to a backend on behalf of a
 /// frontend, show the frontend instead.
 #[inline(always)]
-fn sock4_xlate_rev(ctx: &SockAddrContext) {
+fn xlate_rev<F: Family>(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    // SAFETY: see sock4_xlate_fwd.
-    let (addr, port_raw) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
-    // SAFETY: see sock4_xlate_fwd.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = Ipv4RevnatTuple {
-        cookie,
-        address: addr,
-        port: port_raw as u16,
-        pad: 0,
+    // SAFETY: see xlate_fwd.
+    let Some((addr, port)) = (unsafe { F::read(sa) }) else {
+        return;
     };
-    // SAFETY: copied out at once.
-    let Some(entry) = (unsafe { LB4_REVERSE_SK.get(&key) }).copied() else {
+    let Some(state) = sock_state::get(ctx) else {
+        return; // never translated: nothing to undo
+    };
+    let Some(e) = sock_state::find_backend(state, addr, port) else {
         return;
     };
     // Only while the service still exists with that frontend: a stale entry
     // must not dress a reused backend address up as an old VIP.
     // SAFETY: copied out at once.
-    let live = unsafe { LB4_REVERSE_NAT.get(&entry.rev_nat_index) }.copied();
-    match live {
-        Some(f) if { f.address } == entry.address && { f.port } == entry.port => {
-            // SAFETY: user_ip4/user_port are writable in recvmsg4/getpeername4.
-            unsafe {
-                (*sa).user_ip4 = entry.address;
-                (*sa).user_port = u32::from(entry.port);
-            }
-        }
-        _ => {
-            let _ = LB4_REVERSE_SK.remove(&key);
+    let live = unsafe { LB4_REVERSE_NAT.get(&e.rev_nat_index) }.copied();
+    if let Some(f) = live {
+        if { f.address } == e.frontend_address && { f.port } == e.frontend_port {
+            // SAFETY: see xlate_fwd; recvmsg and getpeername hooks may rewrite
+            // the address they report.
+            unsafe { F::write(sa, e.frontend_address, e.frontend_port) };
         }
     }
 }
