@@ -29,12 +29,16 @@ pub enum Command {
     Apply {
         changes: Vec<Change>,
         source: SourceState,
+        /// When the source learned of the change (the file event), so the
+        /// status can say how long it took to reach the datapath.
+        since: Instant,
         done: Option<oneshot::Sender<Outcome>>,
     },
     /// Bring the maps to exactly this desired set.
     Resync {
         desired: Vec<DesiredService>,
         source: SourceState,
+        since: Instant,
         done: Option<oneshot::Sender<Outcome>>,
     },
 }
@@ -50,7 +54,11 @@ pub struct Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub syncs: u64,
+    /// The owner's own time for the last command: map writes.
     pub last_sync_ms: f64,
+    /// From the source seeing the change to the maps holding it: reading and
+    /// translating the change, the queue, and the writes.
+    pub last_event_ms: f64,
     pub services: usize,
     pub backends: usize,
     /// Source errors plus the programming errors still standing.
@@ -84,15 +92,17 @@ where
             let mut standing: Vec<String> = Vec::new();
             while let Some(cmd) = rx.blocking_recv() {
                 let started = Instant::now();
-                let (full, report, source, done) = match cmd {
+                let (full, report, source, since, done) = match cmd {
                     Command::Apply {
                         changes,
                         source,
+                        since,
                         done,
-                    } => (false, reconciler.apply(&changes, &mut maps), source, done),
+                    } => (false, reconciler.apply(&changes, &mut maps), source, since, done),
                     Command::Resync {
                         desired,
                         source,
+                        since,
                         done,
                     } => {
                         let r = reconciler.reconcile(&desired, &mut maps);
@@ -101,10 +111,11 @@ where
                         // A full sync drops a lot at once; give the freed heap
                         // back so RSS shows what the agent keeps.
                         trim_heap();
-                        (true, r, source, done)
+                        (true, r, source, since, done)
                     }
                 };
                 let elapsed = started.elapsed();
+                let since_event = since.elapsed();
                 log_report(full, &report, elapsed);
                 standing.extend(report.errors.iter().cloned());
                 let mut errors = source.errors;
@@ -118,6 +129,7 @@ where
                 }
                 snap.syncs += 1;
                 snap.last_sync_ms = elapsed.as_secs_f64() * 1e3;
+                snap.last_event_ms = since_event.as_secs_f64() * 1e3;
                 snap.services = reconciler.programmed().services.len();
                 snap.backends = reconciler.programmed().backends.len();
                 snap.errors = errors;
@@ -259,6 +271,7 @@ mod tests {
             tx.send(Command::Resync {
                 desired: desired(600),
                 source: SourceState::default(),
+                since: Instant::now(),
                 done: Some(done_tx),
             })
             .await

@@ -71,6 +71,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         status.syncs = snap.syncs;
         status.last_sync_unix = unix_now();
         status.last_sync_ms = snap.last_sync_ms;
+        status.last_event_ms = snap.last_event_ms;
         status.services = snap.services;
         status.backends = snap.backends;
         status.errors = snap.errors.clone();

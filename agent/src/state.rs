@@ -20,7 +20,12 @@ pub struct AgentStatus {
     pub last_sync_unix: f64,
     /// How many reconciles have run since start.
     pub syncs: u64,
+    /// The map owner's own time for the last reconcile (map writes).
     pub last_sync_ms: f64,
+    /// From the file event to the maps holding the change: read, translate,
+    /// queue and write.
+    #[serde(default)]
+    pub last_event_ms: f64,
     pub services: usize,
     pub backends: usize,
     /// Manifest and programming errors of the last reconcile.

@@ -70,19 +70,27 @@ impl ManifestSource {
         }
     }
 
-    async fn send(&self, tx: &datapath::Sender, full: bool, changes: Vec<Change>) -> Option<Outcome> {
+    async fn send(
+        &self,
+        tx: &datapath::Sender,
+        full: bool,
+        changes: Vec<Change>,
+        since: Instant,
+    ) -> Option<Outcome> {
         let (done, outcome) = oneshot::channel();
         let source = self.state();
         let cmd = if full {
             Command::Resync {
-                desired: self.index.desired(),
+                desired: tokio::task::block_in_place(|| self.index.desired()),
                 source,
+                since,
                 done: Some(done),
             }
         } else {
             Command::Apply {
                 changes,
                 source,
+                since,
                 done: Some(done),
             }
         };
@@ -92,8 +100,9 @@ impl ManifestSource {
 
     /// A full sync: everything on disk, all of it sent.
     async fn full(&mut self, tx: &datapath::Sender) -> Option<Outcome> {
+        let since = Instant::now();
         tokio::task::block_in_place(|| self.refresh());
-        self.send(tx, true, Vec::new()).await
+        self.send(tx, true, Vec::new(), since).await
     }
 
     /// Runs until `stop` fires or the owner goes away. The first full sync is
@@ -142,12 +151,13 @@ impl ManifestSource {
         loop {
             tokio::select! {
                 Some(()) = events.recv() => {
+                    let since = Instant::now();
                     // A file written in several steps sends several events; let
                     // the writer finish, then take every event so far as one.
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     while events.try_recv().is_ok() {}
                     let changes = tokio::task::block_in_place(|| self.refresh());
-                    if let Some(o) = self.send(&tx, false, changes).await {
+                    if let Some(o) = self.send(&tx, false, changes, since).await {
                         if !o.errors.is_empty() {
                             full_due.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
                         }
