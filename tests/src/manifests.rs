@@ -75,3 +75,18 @@ ports:
 {endpoints}"
     )
 }
+
+/// The `service` above as a NodePort Service (the HTTP port on node port
+/// `node_port`) with ClientIP session affinity: two fields lash does not
+/// serve yet, on a Service whose ClusterIP it does.
+pub fn sticky_node_port_service(name: &str, vip: Ipv4Addr, node_port: u16) -> String {
+    service(name, vip)
+        .replace(
+            "  type: ClusterIP\n",
+            "  type: NodePort\n  sessionAffinity: ClientIP\n",
+        )
+        .replace(
+            "    targetPort: http\n",
+            &format!("    targetPort: http\n    nodePort: {node_port}\n"),
+        )
+}

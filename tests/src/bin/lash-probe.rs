@@ -13,6 +13,16 @@
 //!                                       after a "go" line on stdin, connect until
 //!                                       one of the backends answers: the time a
 //!                                       change took to reach the datapath
+//!
+//! Socket-state modes (ADDR is an IPv4 address:port; the *6 modes use AF_INET6
+//! sockets and reach it as the v4-mapped ::ffff:ADDR, as Java clients do):
+//!   tcp6 | udp6 | udp6-connected ADDR [--count N]
+//!                                       as tcp, udp and udp-connected
+//!   udp-hold ADDR --count N             N unconnected UDP sockets kept open: one
+//!                                       datagram on each at start and per stdin
+//!                                       line, one JSON line per round
+//!   tcp-churn ADDR --count N            connect()+close() N times as fast as it
+//!                                       goes: one JSON line with the outcomes
 
 use std::{
     io::{BufRead, Read, Write},
@@ -68,6 +78,11 @@ fn main() -> anyhow::Result<()> {
         "udp" => udp_unconnected(addr, count)?,
         "udp-connected" => (0..count).for_each(|_| println!("{}", udp_connected(addr))),
         "hold" => hold(addr)?,
+        "tcp6" => (0..count).for_each(|_| println!("{}", tcp_once(v4_mapped(addr)))),
+        "udp6" => udp6_unconnected(v4_mapped(addr), count)?,
+        "udp6-connected" => (0..count).for_each(|_| println!("{}", udp6_connected(v4_mapped(addr)))),
+        "udp-hold" => udp_hold(addr, count)?,
+        "tcp-churn" => println!("{}", tcp_churn(addr, count)),
         other => anyhow::bail!("unknown mode {other}"),
     }
     Ok(())
@@ -282,4 +297,102 @@ fn wait_backend(
         }
     }
     Ok(json!({"ok": false, "elapsed_us": start.elapsed().as_micros() as u64, "attempts": attempts}))
+}
+
+/// `a.b.c.d:port` as `[::ffff:a.b.c.d]:port`, so std opens an AF_INET6 socket.
+fn v4_mapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+        v6 => v6,
+    }
+}
+
+/// One AF_INET6 socket (dual-stack), `count` datagrams to a v4-mapped address.
+fn udp6_unconnected(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let s = UdpSocket::bind("[::]:0")?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    for _ in 0..count {
+        println!("{}", udp_round_trip(&s, addr));
+    }
+    Ok(())
+}
+
+/// A fresh AF_INET6 socket connected to a v4-mapped address.
+fn udp6_connected(addr: SocketAddr) -> serde_json::Value {
+    let start = Instant::now();
+    let run = || -> std::io::Result<serde_json::Value> {
+        let s = UdpSocket::bind("[::]:0")?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.connect(addr)?;
+        let peer = s.peer_addr()?.to_string();
+        s.send(b"ping")?;
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf)?;
+        Ok(json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "peer": peer}))
+    };
+    run().unwrap_or_else(|e| errno_json(&e, start.elapsed()))
+}
+
+/// One sendto()/recvfrom() on an unconnected socket: who answered, and the
+/// source address the application was shown.
+fn udp_round_trip(s: &UdpSocket, addr: SocketAddr) -> serde_json::Value {
+    let start = Instant::now();
+    let r = (|| -> std::io::Result<serde_json::Value> {
+        s.send_to(b"ping", addr)?;
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf)?;
+        Ok(json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "from": from.to_string()}))
+    })();
+    r.unwrap_or_else(|e| errno_json(&e, start.elapsed()))
+}
+
+/// `count` unconnected UDP sockets that live until stdin closes: a round (one
+/// datagram per socket, in order) at start and per stdin line, printed as
+/// `{"sockets": [...]}`. Shows whether each socket keeps its backend and its
+/// reverse view while the test changes the world around it.
+fn udp_hold(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let socks = (0..count)
+        .map(|_| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            Ok(s)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let round = || {
+        let r: Vec<_> = socks.iter().map(|s| udp_round_trip(s, addr)).collect();
+        println!("{}", json!({ "sockets": r }));
+        std::io::stdout().flush()
+    };
+    round()?;
+    for line in std::io::stdin().lock().lines() {
+        line?;
+        round()?;
+    }
+    Ok(())
+}
+
+/// `count` TCP connects, each closed at once with RST (no TIME_WAIT left
+/// behind). Refused connects count as done: the connect went through the
+/// socket programs all the same.
+fn tcp_churn(addr: SocketAddr, count: usize) -> serde_json::Value {
+    let start = Instant::now();
+    let (mut connected, mut refused, mut other) = (0u64, 0u64, 0u64);
+    let mut first_other = String::new();
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&addr, TIMEOUT) {
+            Ok(s) => {
+                connected += 1;
+                let _ = socket_linger_zero(&s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(e) => {
+                other += 1;
+                if first_other.is_empty() {
+                    first_other = e.to_string();
+                }
+            }
+        }
+    }
+    json!({"n": count, "connected": connected, "refused": refused, "other_errors": other,
+           "first_other_error": first_other, "elapsed_ms": start.elapsed().as_millis() as u64})
 }
