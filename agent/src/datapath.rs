@@ -98,7 +98,13 @@ where
                         source,
                         since,
                         done,
-                    } => (false, reconciler.apply(&changes, &mut maps), source, since, done),
+                    } => (
+                        false,
+                        reconciler.apply(&changes, &mut maps),
+                        source,
+                        since,
+                        done,
+                    ),
                     Command::Resync {
                         desired,
                         source,
@@ -147,7 +153,10 @@ where
 }
 
 fn log_report(full: bool, report: &Report, elapsed: Duration) {
-    if report.services_written + report.services_removed + report.backends_added + report.backends_removed
+    if report.services_written
+        + report.services_removed
+        + report.backends_added
+        + report.backends_removed
         > 0
     {
         info!(
@@ -251,7 +260,10 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let maps = SlowMaps(FakeMaps::with_capacity(4096, 4096, 4096), Duration::from_millis(1));
+            let maps = SlowMaps(
+                FakeMaps::with_capacity(4096, 4096, 4096),
+                Duration::from_millis(1),
+            );
             let snaps = Arc::new(AtomicU64::new(0));
             let seen = snaps.clone();
             let (tx, handle) = spawn(Reconciler::new(Programmed::default()), maps, move |s| {
@@ -280,7 +292,10 @@ mod tests {
             // the runtime serves the ticker.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let mid = ticks.load(Ordering::SeqCst);
-            assert!(mid >= 25, "the runtime stalled during a full sync: {mid} ticks in 500 ms");
+            assert!(
+                mid >= 25,
+                "the runtime stalled during a full sync: {mid} ticks in 500 ms"
+            );
             let outcome = done_rx.await.unwrap();
             assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
             assert!(started.elapsed() >= Duration::from_millis(1200));

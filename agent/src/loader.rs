@@ -182,12 +182,10 @@ pub fn load(root: &Path, sizes: MapSizes) -> Result<Ebpf, LoadError> {
     for def in maps::ALL {
         loader.map_max_entries(def.name, sizes.of(def));
     }
-    loader
-        .load(OBJECT)
-        .map_err(|source| LoadError::Load {
-            root: root.into(),
-            source,
-        })
+    loader.load(OBJECT).map_err(|source| LoadError::Load {
+        root: root.into(),
+        source,
+    })
 }
 
 /// A pinned map is reused as it is, whatever size or layout was asked for;
@@ -231,7 +229,10 @@ pub fn link_pin_path(root: &Path, hook: &str) -> PathBuf {
 /// `root/links/<hook>`, replacing links an earlier agent left there.
 pub fn attach_sock_programs(ebpf: &mut Ebpf, root: &Path, cgroup: &Path) -> Result<(), LoadError> {
     for hook in finish_interrupted_hand_overs(root) {
-        tracing::warn!(hook, "finished a link hand-over an earlier agent left half done");
+        tracing::warn!(
+            hook,
+            "finished a link hand-over an earlier agent left half done"
+        );
     }
     let cg = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.into(),

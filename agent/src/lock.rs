@@ -21,7 +21,9 @@ use thiserror::Error;
 pub enum LockError {
     #[error("another agent (pid {pid}) is running on --bpf-root {root}; stop it first")]
     HeldBy { pid: u32, root: PathBuf },
-    #[error("another agent is running on --bpf-root {root} (its pid could not be found); stop it first")]
+    #[error(
+        "another agent is running on --bpf-root {root} (its pid could not be found); stop it first"
+    )]
     Held { root: PathBuf },
     #[error("locking {path}: {source}")]
     Io {

@@ -82,7 +82,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
-    let source = tokio::spawn(ManifestSource::new(cfg.manifests.clone()).run(tx, cfg.resync, stop_rx));
+    let source =
+        tokio::spawn(ManifestSource::new(cfg.manifests.clone()).run(tx, cfg.resync, stop_rx));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut source = std::pin::pin!(source);
     let result = tokio::select! {

@@ -24,7 +24,11 @@ fn web(tag: &str) -> Sandbox {
     let ips: Vec<(Ipv4Addr, Cond)> = sb.pods.iter().map(|p| (p.ip, Cond::Ready)).collect();
     sb.write_manifest(
         "web.yaml",
-        &format!("{}---\n{}", service("web", VIP), endpoint_slice("web", &ips)),
+        &format!(
+            "{}---\n{}",
+            service("web", VIP),
+            endpoint_slice("web", &ips)
+        ),
     )
     .expect("manifest");
     sb.start_agent(&[]).expect("agent");
@@ -125,10 +129,16 @@ fn second_agent_and_uninstall_are_refused_while_an_agent_runs() {
     assert_eq!(attached_programs(&sb), hooks);
 
     let out = sb.agent_cmd().arg("uninstall").output().unwrap();
-    assert!(!out.status.success(), "uninstall went through under a running agent");
+    assert!(
+        !out.status.success(),
+        "uninstall went through under a running agent"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("pid {pid}")), "{err}");
-    assert!(serves(&sb), "a refused uninstall must leave the datapath alone");
+    assert!(
+        serves(&sb),
+        "a refused uninstall must leave the datapath alone"
+    );
 
     sb.agent_cli(&["uninstall", "--force"]).unwrap();
     assert!(!sb.bpf_root.exists(), "pins left: {:?}", link_pins(&sb));
@@ -155,7 +165,11 @@ fn crash_in_the_middle_of_a_hand_over_is_finished_by_the_next_agent() {
         "{:?}",
         link_pins(&sb)
     );
-    assert_eq!(attached_programs(&sb), hooks, "the half-done link was retired");
+    assert_eq!(
+        attached_programs(&sb),
+        hooks,
+        "the half-done link was retired"
+    );
     assert!(serves(&sb));
     sb.stop_agent(false).unwrap();
 
@@ -181,7 +195,10 @@ fn crash_in_the_middle_of_a_hand_over_is_finished_by_the_next_agent() {
     let pins = link_pins(&sb);
     assert!(!pins.iter().any(|p| p.ends_with("_new")), "{pins:?}");
     assert_eq!(attached_programs(&sb), hooks);
-    assert_eq!(status(&sb)["attached_hooks"].as_array().unwrap().len(), hooks);
+    assert_eq!(
+        status(&sb)["attached_hooks"].as_array().unwrap().len(),
+        hooks
+    );
     assert!(serves(&sb));
 }
 

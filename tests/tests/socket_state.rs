@@ -64,8 +64,7 @@ fn set_endpoints(sb: &Sandbox, ips: &[Ipv4Addr]) {
 /// Slot -> backend pod name of `frontend`, from `agent bpf lb list -o json`.
 fn slots(sb: &Sandbox, frontend: &str) -> BTreeMap<u64, String> {
     let rows: Value =
-        serde_json::from_str(&sb.agent_cli(&["bpf", "lb", "list", "-o", "json"]).unwrap())
-            .unwrap();
+        serde_json::from_str(&sb.agent_cli(&["bpf", "lb", "list", "-o", "json"]).unwrap()).unwrap();
     let pod_of: BTreeMap<String, String> = sb
         .pods
         .iter()
@@ -148,11 +147,20 @@ fn backend(reply: &Value) -> String {
 fn check_round(round: &[Value], expected: &[String], serving: &BTreeSet<String>) -> Vec<String> {
     let mut now = Vec::new();
     for (i, (r, want)) in round.iter().zip(expected).enumerate() {
-        assert_eq!(r["from"], DNS, "socket {i}: reply not shown from the VIP: {r}");
+        assert_eq!(
+            r["from"], DNS,
+            "socket {i}: reply not shown from the VIP: {r}"
+        );
         let got = backend(r);
-        assert!(serving.contains(&got), "socket {i} on {got}, not in {serving:?}");
+        assert!(
+            serving.contains(&got),
+            "socket {i} on {got}, not in {serving:?}"
+        );
         if serving.contains(want) {
-            assert_eq!(&got, want, "socket {i} left its backend {want}, still in the service");
+            assert_eq!(
+                &got, want,
+                "socket {i} left its backend {want}, still in the service"
+            );
         }
         now.push(got);
     }
@@ -288,7 +296,11 @@ fn map_show(sb: &Sandbox, name: &str) -> Value {
         .arg(sb.bpf_root.join(name))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -299,7 +311,11 @@ fn sock_events(sb: &Sandbox) -> Vec<u64> {
         .arg(sb.bpf_root.join("lb4_sock_events"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
         .unwrap()
@@ -404,7 +420,11 @@ fn ipv6_sockets_reach_ipv4_services_through_v4_mapped_addresses() {
         assert_eq!(l["backend"], "pod-3", "{l}");
         assert_eq!(l["peer"], direct_mapped, "{l}");
     }
-    assert_eq!(sb.sink_tx_packets().unwrap(), 0, "a packet left towards the VIP");
+    assert_eq!(
+        sb.sink_tx_packets().unwrap(),
+        0,
+        "a packet left towards the VIP"
+    );
 
     // A Service without backends refuses IPv6 sockets too, at once.
     set_endpoints(&sb, &[]);
@@ -416,5 +436,9 @@ fn ipv6_sockets_reach_ipv4_services_through_v4_mapped_addresses() {
     for l in sb.probe("udp6", DNS, 2).unwrap() {
         assert_eq!(l["ok"], false, "{l}");
     }
-    assert_eq!(sb.sink_tx_packets().unwrap(), 0, "a packet left towards the VIP");
+    assert_eq!(
+        sb.sink_tx_packets().unwrap(),
+        0,
+        "a packet left towards the VIP"
+    );
 }

@@ -33,7 +33,10 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
     let slice = endpoint_slice("web", &ips);
     sb.write_manifest(
         "web.yaml",
-        &format!("{}---\n{slice}", sticky_node_port_service("web", VIP, 30080)),
+        &format!(
+            "{}---\n{slice}",
+            sticky_node_port_service("web", VIP, 30080)
+        ),
     )
     .expect("manifest");
     sb.start_agent(&[]).expect("agent");
@@ -57,7 +60,9 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
     let status = status_json(&sb);
     let warnings = strings(&status["warnings"]);
     assert_eq!(warnings.len(), 2, "{warnings:?}");
-    assert!(warnings.iter().all(|w| w.starts_with("Service default/web: ")));
+    assert!(warnings
+        .iter()
+        .all(|w| w.starts_with("Service default/web: ")));
     assert_eq!(strings(&status["errors"]), Vec::<String>::new());
 
     // The ClusterIP is served, balanced per connection (no client affinity):
@@ -69,7 +74,11 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
         seen.insert(l["backend"].as_str().unwrap().to_string());
     }
     assert!(seen.len() > 1, "one client, one backend: {seen:?}");
-    assert_eq!(sb.sink_tx_packets().unwrap(), 0, "a packet left with the VIP");
+    assert_eq!(
+        sb.sink_tx_packets().unwrap(),
+        0,
+        "a packet left with the VIP"
+    );
 
     // The fields go from the manifest: so do the warnings.
     let syncs = sb.syncs();
@@ -83,5 +92,9 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
     assert_eq!(strings(&status_json(&sb)["warnings"]), Vec::<String>::new());
     let table = sb.agent_cli(&["status"]).unwrap();
     assert!(table.contains("Warnings:   none"), "{table}");
-    assert!(sb.probe("tcp", HTTP, 3).unwrap().iter().all(|l| l["ok"] == true));
+    assert!(sb
+        .probe("tcp", HTTP, 3)
+        .unwrap()
+        .iter()
+        .all(|l| l["ok"] == true));
 }

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
-    model::L4Addr,
     maps::{lb4_backends, lb4_services, LbMaps, MapsError},
+    model::L4Addr,
 };
 
 #[derive(Debug, Serialize)]

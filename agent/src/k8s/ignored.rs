@@ -171,9 +171,9 @@ pub fn ignored_fields(svc: &Service) -> Ignored {
     out.add(
         Ignored::TOPOLOGY_ANNOTATION,
         svc.metadata.annotations.as_ref().is_some_and(|a| {
-            TOPOLOGY_ANNOTATIONS.iter().any(|k| {
-                a.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("auto"))
-            })
+            TOPOLOGY_ANNOTATIONS
+                .iter()
+                .any(|k| a.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("auto")))
         }),
     );
     out
@@ -202,7 +202,8 @@ mod tests {
     fn a_plain_cluster_ip_service_has_no_warnings() {
         assert_eq!(warnings_with("", ""), Vec::<String>::new());
         // Defaults written out are not warnings either.
-        let defaults = "  type: ClusterIP\n  sessionAffinity: None\n  internalTrafficPolicy: Cluster\n\
+        let defaults =
+            "  type: ClusterIP\n  sessionAffinity: None\n  internalTrafficPolicy: Cluster\n\
                         \x20 ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n  externalIPs: []\n\
                         \x20 publishNotReadyAddresses: true\n";
         let annotations = "  annotations:\n    service.kubernetes.io/topology-mode: Disabled\n    \
@@ -261,7 +262,8 @@ mod tests {
             "{clusterIP: None, sessionAffinity: ClientIP, ports: [{port: 80}]}",
             "{type: ExternalName, externalName: example.com, sessionAffinity: ClientIP}",
         ] {
-            let yaml = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: x}}\nspec: {spec}\n");
+            let yaml =
+                format!("apiVersion: v1\nkind: Service\nmetadata: {{name: x}}\nspec: {spec}\n");
             let objs = parse(&yaml).unwrap();
             assert!(ignored_fields(&objs.services[0]).is_empty(), "{spec}");
         }

@@ -124,16 +124,13 @@ impl ServiceIndex {
             }
             for svc in c.new.services {
                 let key = service_key(&svc);
-                self.services
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(
-                        c.path.clone(),
-                        ServiceSpec {
-                            ports: service_ports(&svc),
-                            ignored: ignored_fields(&svc),
-                        },
-                    );
+                self.services.entry(key.clone()).or_default().insert(
+                    c.path.clone(),
+                    ServiceSpec {
+                        ports: service_ports(&svc),
+                        ignored: ignored_fields(&svc),
+                    },
+                );
                 affected.insert(key);
             }
             for (i, slice) in c.new.slices.into_iter().enumerate() {
@@ -855,12 +852,24 @@ mod tests {
             "  clusterIP: 10.96.0.20\n",
             "  clusterIP: 10.96.0.20\n  sessionAffinity: ClientIP\n  type: NodePort\n",
         );
-        dir.write("/m/web.yaml", &docs(&[sticky.clone(), web_slice(&[("10.244.0.1", true)])]));
-        dir.write("/m/api.yaml", &service("shop", "api", "10.96.0.21", &[("", 80, "TCP")]));
+        dir.write(
+            "/m/web.yaml",
+            &docs(&[sticky.clone(), web_slice(&[("10.244.0.1", true)])]),
+        );
+        dir.write(
+            "/m/api.yaml",
+            &service("shop", "api", "10.96.0.21", &[("", 80, "TCP")]),
+        );
         let w = dir.index.warnings();
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].starts_with("Service shop/web: spec.sessionAffinity=ClientIP"), "{w:?}");
-        assert!(w[1].starts_with("Service shop/web: spec.type=NodePort"), "{w:?}");
+        assert!(
+            w[0].starts_with("Service shop/web: spec.sessionAffinity=ClientIP"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("Service shop/web: spec.type=NodePort"),
+            "{w:?}"
+        );
         // Warnings are not errors: the Service is programmed as a ClusterIP.
         assert!(dir.index.errors().is_empty());
         assert_eq!(dir.index.desired().len(), 3);

@@ -283,7 +283,9 @@ impl Reconciler {
     fn sweep_orphans<M: LbMapWriter>(&mut self, maps: &mut M, report: &mut Report) {
         for (id, rn) in std::mem::take(&mut self.programmed.orphan_matches) {
             if let Err(e) = maps.del_affinity_match(id, rn) {
-                report.errors.push(format!("removing a leftover affinity-match entry: {e}"));
+                report
+                    .errors
+                    .push(format!("removing a leftover affinity-match entry: {e}"));
                 self.programmed.orphan_matches.insert((id, rn));
             }
         }
@@ -295,7 +297,9 @@ impl Reconciler {
                     }
                 }
                 Err(e) => {
-                    report.errors.push(format!("removing leftover reverse-NAT entry {rn}: {e}"));
+                    report
+                        .errors
+                        .push(format!("removing leftover reverse-NAT entry {rn}: {e}"));
                     self.programmed.orphan_rev_nats.insert(rn);
                 }
             }
@@ -363,9 +367,10 @@ impl Reconciler {
                 } else {
                     "not programmed"
                 };
-                report
-                    .errors
-                    .push(format!("service {} ({}): {why}; {kept}", d.name, d.frontend));
+                report.errors.push(format!(
+                    "service {} ({}): {why}; {kept}",
+                    d.name, d.frontend
+                ));
                 continue;
             }
             if let Some(s) = old {

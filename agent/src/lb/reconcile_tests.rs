@@ -190,7 +190,11 @@ fn fresh_programming_of_several_services() {
             .iter()
             .filter(|o| matches!(o, Op::PutMatch(..)))
             .count();
-        assert!(matches >= s.backends.len(), "{}: match entries after a slot", s.name);
+        assert!(
+            matches >= s.backends.len(),
+            "{}: match entries after a slot",
+            s.name
+        );
     }
     for s in &desired {
         let fe0 = ops
@@ -948,7 +952,10 @@ fn failed_backend_write_holds_back_only_its_services() {
     ];
     let r = reconcile(&mut rec, &mut maps, &desired);
     assert_error_mentions(&r, &["backend 10.244.0.3:8080/TCP", "os error 5"]);
-    assert_error_mentions(&r, &["default/b", "backend 10.244.0.3:8080/TCP", "kept as it was"]);
+    assert_error_mentions(
+        &r,
+        &["default/b", "backend 10.244.0.3:8080/TCP", "kept as it was"],
+    );
     maps.assert_clean();
     assert!(maps.view(&fe(2)).is_none());
     assert_serves(&maps, &[desired[0].clone(), desired[2].clone()]);
@@ -1259,7 +1266,10 @@ fn apply_keeps_the_invariant_through_upserts_and_removes() {
     assert!(
         matches!(ops[..2], [Op::PutBackend(_, x), Op::PutBackend(_, y)] if x == be(4) && y == be(5))
     );
-    let (id4, id5) = (maps.backend_id(&be(4)).unwrap(), maps.backend_id(&be(5)).unwrap());
+    let (id4, id5) = (
+        maps.backend_id(&be(4)).unwrap(),
+        maps.backend_id(&be(5)).unwrap(),
+    );
     assert_eq!(
         ops[2..],
         [
@@ -1792,8 +1802,14 @@ fn affinity_match_follows_membership_not_slots() {
         [&Op::DelMatch(gone, before.rev_nat)],
         "only the leaving backend loses its match entry: {ops:?}"
     );
-    let del = ops.iter().position(|o| matches!(o, Op::DelMatch(..))).unwrap();
-    let fe0 = ops.iter().position(|o| *o == Op::PutService(fe(1), 0)).unwrap();
+    let del = ops
+        .iter()
+        .position(|o| matches!(o, Op::DelMatch(..)))
+        .unwrap();
+    let fe0 = ops
+        .iter()
+        .position(|o| *o == Op::PutService(fe(1), 0))
+        .unwrap();
     assert!(fe0 < del, "match entry deleted while a slot still named it");
     assert!(!ops.iter().any(|o| matches!(o, Op::PutMatch(..))));
 }
@@ -1817,7 +1833,11 @@ fn restart_sweeps_leftover_rev_nat_and_match_entries() {
     let desired = [svc("a", fe(1), &[1, 2]), svc("b", fe(2), &[3])];
     reconcile_ok(&mut rec, &mut maps, &desired);
     let ops = maps.take_ops();
-    assert_eq!(ops[..2], [Op::DelMatch(a.ids[0], 9), Op::DelRevNat(9)], "{ops:?}");
+    assert_eq!(
+        ops[..2],
+        [Op::DelMatch(a.ids[0], 9), Op::DelRevNat(9)],
+        "{ops:?}"
+    );
     assert_eq!(maps.view(&fe(1)), Some(a), "a untouched");
     assert_serves(&maps, &desired);
     // Nothing left to sweep: the next restart finds a clean picture.

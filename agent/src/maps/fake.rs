@@ -13,7 +13,6 @@ use lash_common::{Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
 use super::{lb4_backends, lb4_reverse_nat, lb4_services, Capacity, LbMapWriter, MapWriteError};
 use crate::{lb::Programmed, model::L4Addr};
 
-
 /// One attempted write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -376,7 +375,11 @@ impl LbMapWriter for FakeMaps {
     fn put_rev_nat(&mut self, index: u16, value: &Lb4ReverseNat) -> Result<(), MapWriteError> {
         assert_ne!(index, 0, "rev_nat index 0 means 'none'");
         let op = Op::PutRevNat(index);
-        self.attempt(op.clone(), lash_common::maps::LB4_REVERSE_NAT.name, "update")?;
+        self.attempt(
+            op.clone(),
+            lash_common::maps::LB4_REVERSE_NAT.name,
+            "update",
+        )?;
         let r = put_limited(
             &mut self.rev_nat,
             self.cap.rev_nat,
@@ -389,7 +392,11 @@ impl LbMapWriter for FakeMaps {
     }
     fn del_rev_nat(&mut self, index: u16) -> Result<(), MapWriteError> {
         let op = Op::DelRevNat(index);
-        self.attempt(op.clone(), lash_common::maps::LB4_REVERSE_NAT.name, "delete")?;
+        self.attempt(
+            op.clone(),
+            lash_common::maps::LB4_REVERSE_NAT.name,
+            "delete",
+        )?;
         self.rev_nat.remove(&index);
         self.check_invariant(&op);
         Ok(())
@@ -411,7 +418,11 @@ impl LbMapWriter for FakeMaps {
     }
     fn del_affinity_match(&mut self, id: u32, index: u16) -> Result<(), MapWriteError> {
         let op = Op::DelMatch(id, index);
-        self.attempt(op.clone(), lash_common::maps::LB4_AFFINITY_MATCH.name, "delete")?;
+        self.attempt(
+            op.clone(),
+            lash_common::maps::LB4_AFFINITY_MATCH.name,
+            "delete",
+        )?;
         self.matches.remove(&(id, index));
         self.check_invariant(&op);
         Ok(())
@@ -428,4 +439,3 @@ pub struct View {
     pub backends: Vec<L4Addr>,
     pub ids: Vec<u32>,
 }
-

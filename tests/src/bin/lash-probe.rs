@@ -80,7 +80,9 @@ fn main() -> anyhow::Result<()> {
         "hold" => hold(addr)?,
         "tcp6" => (0..count).for_each(|_| println!("{}", tcp_once(v4_mapped(addr)))),
         "udp6" => udp6_unconnected(v4_mapped(addr), count)?,
-        "udp6-connected" => (0..count).for_each(|_| println!("{}", udp6_connected(v4_mapped(addr)))),
+        "udp6-connected" => {
+            (0..count).for_each(|_| println!("{}", udp6_connected(v4_mapped(addr))))
+        }
         "udp-hold" => udp_hold(addr, count)?,
         "tcp-churn" => println!("{}", tcp_churn(addr, count)),
         other => anyhow::bail!("unknown mode {other}"),
@@ -341,7 +343,9 @@ fn udp_round_trip(s: &UdpSocket, addr: SocketAddr) -> serde_json::Value {
         s.send_to(b"ping", addr)?;
         let mut buf = [0u8; 512];
         let (n, from) = s.recv_from(&mut buf)?;
-        Ok(json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "from": from.to_string()}))
+        Ok(
+            json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "from": from.to_string()}),
+        )
     })();
     r.unwrap_or_else(|e| errno_json(&e, start.elapsed()))
 }
