@@ -83,8 +83,8 @@ struct RunArgs {
     /// cgroup v2 to attach the socket programs to.
     #[arg(long)]
     cgroup: Option<PathBuf>,
-    /// Capacity of every map sized by it (lb4_services, lb4_backends and the
-    /// per-socket maps; see `agent status`), in entries.
+    /// Capacity of every map sized by it (lb4_services, lb4_backends and
+    /// lb4_affinity_match; see `agent status`), in entries.
     #[arg(long, default_value_t = lash_common::maps::LB_MAP_MAX_DEFAULT)]
     lb_map_max: u32,
     /// Seconds between full resyncs behind the directory watch.

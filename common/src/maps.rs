@@ -12,7 +12,6 @@ use crate::lb::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapKind {
     Hash,
-    LruHash,
     PerCpuArray,
     /// Socket-local storage: one value per socket, freed with the socket.
     /// Keyed by a socket fd from user space; has no capacity (max_entries 0).
@@ -23,7 +22,6 @@ impl MapKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             MapKind::Hash => "hash",
-            MapKind::LruHash => "lru_hash",
             MapKind::PerCpuArray => "percpu_array",
             MapKind::SkStorage => "sk_storage",
         }
@@ -67,11 +65,19 @@ const fn def<K, V>(name: &'static str, kind: MapKind, max_entries: u32, sizing: 
 pub const LB_MAP_MAX_DEFAULT: u32 = 65536;
 
 /// (frontend, slot) -> service entry (slot 0) or backend id.
-pub const LB4_SERVICES: MapDef =
-    def::<Lb4Key, Lb4Service>("lb4_services", MapKind::Hash, LB_MAP_MAX_DEFAULT, Sizing::LbMapMax);
+pub const LB4_SERVICES: MapDef = def::<Lb4Key, Lb4Service>(
+    "lb4_services",
+    MapKind::Hash,
+    LB_MAP_MAX_DEFAULT,
+    Sizing::LbMapMax,
+);
 /// backend id -> backend address and state.
-pub const LB4_BACKENDS: MapDef =
-    def::<u32, Lb4Backend>("lb4_backends", MapKind::Hash, LB_MAP_MAX_DEFAULT, Sizing::LbMapMax);
+pub const LB4_BACKENDS: MapDef = def::<u32, Lb4Backend>(
+    "lb4_backends",
+    MapKind::Hash,
+    LB_MAP_MAX_DEFAULT,
+    Sizing::LbMapMax,
+);
 /// rev-NAT index -> frontend.
 pub const LB4_REVERSE_NAT: MapDef =
     def::<u16, Lb4ReverseNat>("lb4_reverse_nat", MapKind::Hash, 65536, Sizing::Fixed);
@@ -82,8 +88,12 @@ pub const LB4_SOCK_STATE: MapDef =
     def::<i32, SockLbState>("lb4_sock_state", MapKind::SkStorage, 0, Sizing::Fixed);
 /// Counters of what the socket programs could not do (`SOCK_EV_*` indexes),
 /// one u64 per CPU: a reader sums them.
-pub const LB4_SOCK_EVENTS: MapDef =
-    def::<u32, u64>("lb4_sock_events", MapKind::PerCpuArray, SOCK_EV_COUNT, Sizing::Fixed);
+pub const LB4_SOCK_EVENTS: MapDef = def::<u32, u64>(
+    "lb4_sock_events",
+    MapKind::PerCpuArray,
+    SOCK_EV_COUNT,
+    Sizing::Fixed,
+);
 /// (backend id, rev-NAT index) -> 0: the backend is one of that service's.
 pub const LB4_AFFINITY_MATCH: MapDef = def::<Lb4AffinityMatch, u8>(
     "lb4_affinity_match",

@@ -8,7 +8,8 @@
 //!
 //! Architecture invariant: lb/ knows the model and writes through
 //! [`crate::maps::LbMapWriter`]; it knows nothing of Kubernetes, files or
-//! tasks. One [`Reconciler`] exists per agent, owned by the datapath task.
+//! tasks. One [`Reconciler`] exists per agent, owned by the datapath thread
+//! (datapath.rs), the one writer of the maps.
 
 mod admission;
 mod programmed;

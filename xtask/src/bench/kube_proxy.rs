@@ -1,8 +1,9 @@
 //! Rules shaped as kube-proxy writes them, for the same service set: its
 //! iptables mode (iptables-restore input: KUBE-SERVICES -> KUBE-SVC-* with
-//! `statistic --mode random` -> KUBE-SEP-* DNAT) and its nftables mode (a
-//! `service-ips` verdict map, `numgen random` over endpoint chains). Written
-//! from the shape of kube-proxy's output, not its code.
+//! `statistic --mode random` -> KUBE-SEP-* DNAT) and its nftables mode (the
+//! base chains, sets and maps of its golden test output, a `service-ips`
+//! verdict map filled by elements, `numgen random` over endpoint chains, one
+//! transaction). Written from the shape of kube-proxy's output, not its code.
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -170,43 +171,114 @@ pub fn iptables_change(svcs_after: &[Svc], old: &Svc, new: &Svc) -> String {
     out
 }
 
+/// `service-XXXXXXXX-ns/name/tcp/port`, as kube-proxy names a service chain.
 fn nft_svc_chain(s: &Svc) -> String {
     format!(
-        "service-{}-{}-tcp",
+        "service-{}-{}",
         &chain_hash(&[&s.name, "tcp"])[..8],
-        s.name.replace(['/', ':'], "-")
+        nft_port_name(s)
     )
 }
 
+/// `endpoint-XXXXXXXX-ns/name/tcp/port__ip/port`.
 fn nft_ep_chain(s: &Svc, ep: &(std::net::Ipv4Addr, u16)) -> String {
     format!(
-        "endpoint-{}-{}-{}-{}",
+        "endpoint-{}-{}__{}/{}",
         &chain_hash(&[&s.name, &ep.0.to_string()])[..8],
-        s.name.replace(['/', ':'], "-"),
+        nft_port_name(s),
         ep.0,
         ep.1
     )
 }
 
-fn nft_service_chains(out: &mut String, s: &Svc) {
+/// "ns/name:port" -> "ns/name/tcp/port".
+fn nft_port_name(s: &Svc) -> String {
+    let (svc, port) = s.name.split_once(':').unwrap_or((&s.name, "p"));
+    format!("{svc}/tcp/{port}")
+}
+
+/// The table, its sets, maps and base chains, as kube-proxy's golden test
+/// shows them for an IPv4 proxier (NodePort address set left empty: the
+/// bench has no NodePorts).
+const NFT_BASE: &str = r#"add table ip kube-proxy { comment "rules for kube-proxy" ; }
+add set ip kube-proxy cluster-ips { type ipv4_addr ; comment "Active ClusterIPs" ; }
+add set ip kube-proxy nodeport-ips { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }
+add map ip kube-proxy firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }
+add map ip kube-proxy no-endpoint-nodeports { type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }
+add map ip kube-proxy no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }
+add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }
+add map ip kube-proxy service-nodeports { type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }
+add chain ip kube-proxy cluster-ips-check
+add chain ip kube-proxy filter-prerouting-pre-dnat { type filter hook prerouting priority -110 ; }
+add chain ip kube-proxy filter-output-pre-dnat { type filter hook output priority -110 ; }
+add chain ip kube-proxy filter-forward { type filter hook forward priority 0 ; }
+add chain ip kube-proxy filter-input { type filter hook input priority 0 ; }
+add chain ip kube-proxy filter-output { type filter hook output priority 0 ; }
+add chain ip kube-proxy firewall-check
+add chain ip kube-proxy mark-for-masquerade
+add chain ip kube-proxy masquerading
+add chain ip kube-proxy nat-output { type nat hook output priority -100 ; }
+add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority 100 ; }
+add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }
+add chain ip kube-proxy nodeport-endpoints-check
+add chain ip kube-proxy reject-chain { comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }
+add chain ip kube-proxy services
+add chain ip kube-proxy service-endpoints-check
+add rule ip kube-proxy cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
+add rule ip kube-proxy cluster-ips-check ip daddr { 10.96.0.0/12 } drop comment "Drop traffic to unallocated ClusterIPs"
+add rule ip kube-proxy filter-prerouting-pre-dnat ct state new jump firewall-check
+add rule ip kube-proxy filter-forward ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-forward ct state new jump cluster-ips-check
+add rule ip kube-proxy filter-input ct state new jump nodeport-endpoints-check
+add rule ip kube-proxy filter-input ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-output ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-output-pre-dnat ct state new jump firewall-check
+add rule ip kube-proxy filter-output ct state new jump cluster-ips-check
+add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
+add rule ip kube-proxy mark-for-masquerade mark set mark or 0x4000
+add rule ip kube-proxy masquerading mark and 0x4000 == 0 return
+add rule ip kube-proxy masquerading mark set mark xor 0x4000
+add rule ip kube-proxy masquerading masquerade fully-random
+add rule ip kube-proxy nat-output jump services
+add rule ip kube-proxy nat-postrouting jump masquerading
+add rule ip kube-proxy nat-prerouting jump services
+add rule ip kube-proxy nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports
+add rule ip kube-proxy reject-chain reject
+add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
+add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
+"#;
+
+/// One service's chains and rules: the service chain (masquerade check, then
+/// `numgen random` over a vmap of endpoint chains) and one chain per endpoint
+/// (hairpin masquerade, DNAT). `flush` for chains that already exist. Every
+/// chain is declared before a rule refers to it, as one transaction needs.
+fn nft_service_chains(out: &mut String, s: &Svc, flush: bool) {
     let svc = nft_svc_chain(s);
-    let _ = writeln!(out, "add chain ip kube-proxy {svc}");
-    let _ = writeln!(out, "flush chain ip kube-proxy {svc}");
+    let eps: Vec<String> = s.endpoints.iter().map(|ep| nft_ep_chain(s, ep)).collect();
+    for c in std::iter::once(&svc).chain(&eps) {
+        let _ = writeln!(out, "add chain ip kube-proxy {c}");
+        if flush {
+            let _ = writeln!(out, "flush chain ip kube-proxy {c}");
+        }
+    }
     let _ = writeln!(
         out,
-        "add rule ip kube-proxy {svc} ip daddr {} tcp dport {} ip saddr != {POD_CIDR} jump mark-for-masquerade",
-        s.vip, s.port
+        "add rule ip kube-proxy {svc} ip daddr {} ip saddr != {POD_CIDR} jump mark-for-masquerade",
+        s.vip
     );
-    let arms: Vec<String> = s
-        .endpoints
+    let arms: Vec<String> = eps
         .iter()
         .enumerate()
-        .map(|(i, ep)| format!("{i} : goto {}", nft_ep_chain(s, ep)))
+        .map(|(i, c)| format!("{i} : goto {c}"))
         .collect();
-    for ep in &s.endpoints {
-        let c = nft_ep_chain(s, ep);
-        let _ = writeln!(out, "add chain ip kube-proxy {c}");
-        let _ = writeln!(out, "flush chain ip kube-proxy {c}");
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}",
+        s.endpoints.len(),
+        arms.join(" , ")
+    );
+    for (ep, c) in s.endpoints.iter().zip(&eps) {
         let _ = writeln!(
             out,
             "add rule ip kube-proxy {c} ip saddr {} jump mark-for-masquerade",
@@ -218,58 +290,52 @@ fn nft_service_chains(out: &mut String, s: &Svc) {
             ep.0, ep.1
         );
     }
+}
+
+fn nft_service_elements(out: &mut String, s: &Svc) {
+    let _ = writeln!(out, "add element ip kube-proxy cluster-ips {{ {} }}", s.vip);
     let _ = writeln!(
         out,
-        "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}",
-        s.endpoints.len(),
-        arms.join(", ")
+        "add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {} }}",
+        s.vip,
+        s.port,
+        nft_svc_chain(s)
     );
 }
 
-/// The whole kube-proxy table, as one `nft -f` transaction (a full sync).
-pub fn nft_full(svcs: &[Svc]) -> String {
-    let mut out = String::with_capacity(svcs.len() * 1500);
-    out.push_str("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n");
-    out.push_str("add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }\n");
-    out.push_str("add chain ip kube-proxy mark-for-masquerade\n");
-    out.push_str("add rule ip kube-proxy mark-for-masquerade mark set mark or 0x4000\n");
-    out.push_str("add chain ip kube-proxy masquerading\n");
-    out.push_str("add rule ip kube-proxy masquerading mark and 0x4000 == 0 return\n");
-    out.push_str("add rule ip kube-proxy masquerading mark set mark xor 0x4000\n");
-    out.push_str("add rule ip kube-proxy masquerading masquerade fully-random\n");
-    out.push_str("add chain ip kube-proxy services\n");
-    out.push_str(
-        "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n",
-    );
-    out.push_str("add chain ip kube-proxy nat-output { type nat hook output priority -100 ; policy accept ; }\n");
-    out.push_str("add rule ip kube-proxy nat-output jump services\n");
-    out.push_str("add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; policy accept ; }\n");
-    out.push_str("add rule ip kube-proxy nat-prerouting jump services\n");
-    out.push_str("add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority 100 ; policy accept ; }\n");
-    out.push_str("add rule ip kube-proxy nat-postrouting jump masquerading\n");
-    for s in svcs {
-        nft_service_chains(&mut out, s);
+/// The whole table as `nft -f` inputs, one transaction each: everything in
+/// one (what kube-proxy sends on a full sync) when `per_tx` is None, else the
+/// base and then `per_tx` services per transaction.
+pub fn nft_full(svcs: &[Svc], per_tx: Option<usize>) -> Vec<String> {
+    let per_tx = per_tx.unwrap_or(svcs.len().max(1));
+    let mut txs = vec![NFT_BASE.to_string()];
+    for chunk in svcs.chunks(per_tx) {
+        let mut out = String::with_capacity(chunk.len() * 1500);
+        for s in chunk {
+            nft_service_chains(&mut out, s, false);
+            nft_service_elements(&mut out, s);
+        }
+        txs.push(out);
     }
-    for s in svcs {
-        let _ = writeln!(
-            out,
-            "add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {} }}",
-            s.vip,
-            s.port,
-            nft_svc_chain(s)
-        );
+    if per_tx >= svcs.len() {
+        // One transaction: the base goes in with the rest.
+        let all = txs.concat();
+        return vec![all];
     }
-    out
+    txs
 }
 
 /// One service's endpoints changed: kube-proxy's nftables mode rewrites just
-/// that service's chain and endpoint chains, in one transaction.
+/// that service's chain and endpoint chains, in one transaction, and deletes
+/// the chains of endpoints that went.
 pub fn nft_change(old: &Svc, new: &Svc) -> String {
     let mut out = String::new();
-    nft_service_chains(&mut out, new);
+    nft_service_chains(&mut out, new, true);
     for ep in &old.endpoints {
         if !new.endpoints.contains(ep) {
-            let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_ep_chain(old, ep));
+            let c = nft_ep_chain(old, ep);
+            let _ = writeln!(out, "flush chain ip kube-proxy {c}");
+            let _ = writeln!(out, "delete chain ip kube-proxy {c}");
         }
     }
     out

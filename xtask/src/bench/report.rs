@@ -1,0 +1,176 @@
+//! The results: a markdown summary printed and written next to the JSON, in
+//! bench/results/ (latest.* for a full run of record, quick.* for --quick,
+//! partial.* for a run limited to some arms or sizes).
+
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use serde_json::{json, Value};
+
+use super::probe::run_ok;
+use super::Results;
+
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = run_ok(Command::new("uname").arg("-r")).unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+/// The tools the kube-proxy arms ran on: `iptables --version` names its
+/// backend (nf_tables or legacy), and the nft version.
+pub fn tools() -> Value {
+    let version = |cmd: &str| {
+        run_ok(Command::new(cmd).arg("--version"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("unavailable: {e:#}"))
+    };
+    let iptables = version("iptables");
+    let backend = if iptables.contains("nf_tables") {
+        "nft"
+    } else if iptables.contains("legacy") {
+        "legacy"
+    } else {
+        "unknown"
+    };
+    json!({"iptables": iptables, "iptables_backend": backend, "nft": version("nft")})
+}
+
+fn num(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn markdown(r: &Results, head: &Value) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "Machine: {}", head["machine"].as_str().unwrap_or(""));
+    let _ = writeln!(
+        md,
+        "Tools: {} (backend: {}); {}",
+        head["tools"]["iptables"].as_str().unwrap_or(""),
+        head["tools"]["iptables_backend"].as_str().unwrap_or(""),
+        head["tools"]["nft"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(md, "Method: {}\n", head["method"].as_str().unwrap_or(""));
+    let _ = writeln!(
+        md,
+        "| services | arm | samples | connect p50 µs | connect p99 µs | p50 vs no translation | req/s on one connection (median) | req/s min–max |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    for row in &r.dataplane {
+        let base = r
+            .dataplane
+            .iter()
+            .find(|b| b["services"] == row["services"] && b["arm"] == "baseline")
+            .and_then(|b| b["connect_p50_us"].as_f64())
+            .unwrap_or(f64::NAN);
+        let p50 = row["connect_p50_us"].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.2}× | {} | {}–{} |",
+            row["services"],
+            row["arm"].as_str().unwrap_or(""),
+            row["samples"],
+            num(&row["connect_p50_us"], 1),
+            num(&row["connect_p99_us"], 1),
+            p50 / base,
+            num(&row["rr_per_s"], 0),
+            num(&row["rr_min"], 0),
+            num(&row["rr_max"], 0),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| services | arm | full sync ms | transactions | one change ms (until the datapath shows it) |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|");
+    for row in &r.controlplane {
+        let arm = row["arm"].as_str().unwrap_or("");
+        if let Some(e) = row["error"].as_str() {
+            let _ = writeln!(md, "| {} | {arm} | failed: {e} | | |", row["services"]);
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {arm} | {} | {} | {} |",
+            row["services"],
+            num(&row["full_sync_ms"], 1),
+            row["transactions"]
+                .as_u64()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            row["one_change_error"]
+                .as_str()
+                .map(|e| format!("failed: {e}"))
+                .unwrap_or_else(|| num(&row["one_change_ms"], 1))
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| services | agent RSS MiB | BPF map MiB | lash connect4 ns/call | floor (one lookup) ns/call | change: file event to maps, ms | change: map owner's own time, ms |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &r.lash {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row["services"],
+            num(&row["agent_rss_mib"], 1),
+            num(&row["bpf_map_mib"], 1),
+            num(&row["lash_ns_per_connect"], 0),
+            num(&row["floor_ns_per_connect"], 0),
+            num(&row["agent_event_ms"], 2),
+            num(&row["agent_sync_ms"], 2),
+        );
+    }
+    md
+}
+
+pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
+    let md = markdown(r, &head);
+    print!("{md}");
+    let max_rss = r
+        .lash
+        .iter()
+        .filter_map(|l| l["agent_rss_mib"].as_f64())
+        .fold(0.0, f64::max);
+    let mut json = head;
+    json["dataplane"] = json!(r.dataplane);
+    json["controlplane"] = json!(r.controlplane);
+    json["lash"] = json!(r.lash);
+    json["agent_rss_mib"] = json!(max_rss);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(dir.join(format!("{name}.md")), &md)?;
+    eprintln!(
+        "bench: wrote {}",
+        dir.join(format!("{name}.json")).display()
+    );
+    Ok(())
+}
