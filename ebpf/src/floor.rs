@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use lash_common::{maps as def, Lb4Key, Lb4Service, LB_LOOKUP_SCOPE_EXT};
 
-/// Same key, value and size as lb4_services; filled by the bench with the
-/// address it connects to, so the lookup hits as lash's first lookup does.
+/// Same key and value as lb4_services; the bench sizes and fills it as lash's
+/// lb4_services, plus the address it connects to, so the lookup hits in a
+/// table as big as the one lash's first lookup walks.
 #[map(name = "floor_services")]
 static FLOOR_SERVICES: HashMap<Lb4Key, Lb4Service> =
     HashMap::with_max_entries(def::LB4_SERVICES.max_entries, 0);

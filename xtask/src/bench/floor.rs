@@ -1,5 +1,6 @@
 //! The floor for a connect4 program (ebpf/src/floor.rs): one hash lookup of
-//! the destination, keyed and sized as lb4_services, and nothing else.
+//! the destination in a copy of lash's lb4_services (same capacity, same
+//! entries, so the same table walk and cache footprint), and nothing else.
 //! Built here at run time (the object is no part of the agent) and attached
 //! to the no-translation arm's cgroup only while bpf_stats are read, so the
 //! arm's own samples stay free of any program.
@@ -11,9 +12,9 @@ use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::HashMap,
+    maps::{HashMap, Map, MapData},
     programs::{links::CgroupAttachMode, CgroupSockAddr},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use lash_common::{Lb4Key, Lb4Service, LB_LOOKUP_SCOPE_EXT};
 
@@ -40,14 +41,33 @@ pub struct Floor {
 }
 
 impl Floor {
-    /// Loads the object, fills the one entry its lookup will hit (`dst` over
+    /// Loads the object with floor_services sized and filled as the pinned
+    /// lb4_services under `lash_root`, makes sure the lookup hits (`dst` over
     /// TCP) and attaches it to `cgroup`.
-    pub fn attach(object: &[u8], cgroup: &Path, dst: Ipv4Addr, port: u16) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(object).context("loading the floor object")?;
+    pub fn attach(
+        object: &[u8],
+        lash_root: &Path,
+        cgroup: &Path,
+        dst: Ipv4Addr,
+        port: u16,
+    ) -> anyhow::Result<Self> {
+        let pinned = MapData::from_pin(lash_root.join("lb4_services"))
+            .context("opening lash's pinned lb4_services")?;
+        let max_entries = pinned.info()?.max_entries();
+        let lash_services: HashMap<_, Lb4Key, Lb4Service> =
+            HashMap::try_from(Map::from_map_data(pinned)?)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("floor_services", max_entries)
+            .load(object)
+            .context("loading the floor object")?;
         let mut services: HashMap<_, Lb4Key, Lb4Service> = HashMap::try_from(
             ebpf.map_mut("floor_services")
                 .context("no floor_services map")?,
         )?;
+        for entry in lash_services.iter() {
+            let (k, v) = entry?;
+            services.insert(k, v, 0)?;
+        }
         let key = Lb4Key {
             address: u32::from(dst).to_be(),
             dport: port.to_be(),
