@@ -1,4 +1,4 @@
-//! The reconciler against an in-memory fake of the three maps. After every
+//! The reconciler against an in-memory fake of the maps it writes. After every
 //! single write the fake checks what a concurrent connect() relies on, so a
 //! wrong write order shows up as a violation even when the end state is right.
 
@@ -20,6 +20,17 @@ use crate::{
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
+
+/// What the reconciler would read back from these maps at start: the same
+/// `from_entries` the pinned maps go through.
+fn picture(maps: &FakeMaps) -> Programmed {
+    Programmed::from_entries(
+        maps.services.iter().map(|(k, v)| (*k, *v)),
+        maps.backends.iter().map(|(k, v)| (*k, *v)),
+        maps.rev_nat.keys().copied(),
+        maps.matches.iter().copied(),
+    )
+}
 
 /// Frontend 10.96.0.n:80/TCP.
 fn fe(n: u8) -> L4Addr {
@@ -80,7 +91,7 @@ fn reconcile_ok(rec: &mut Reconciler, maps: &mut FakeMaps, desired: &[DesiredSer
     assert!(report.errors.is_empty(), "errors: {:#?}", report.errors);
     maps.assert_clean();
     assert_eq!(
-        &maps.picture(),
+        &picture(&maps),
         rec.programmed(),
         "picture differs from the maps"
     );
@@ -459,7 +470,7 @@ fn restart_recovers_ids_and_rev_nat_without_writes() {
     maps.take_ops();
 
     // A new agent reads the maps back.
-    let recovered = maps.picture();
+    let recovered = picture(&maps);
     assert_eq!(recovered, before);
     let mut rec = Reconciler::new(recovered);
     let r = reconcile_ok(&mut rec, &mut maps, &desired);
@@ -501,7 +512,7 @@ fn restart_finishes_or_cleans_an_interrupted_write() {
             .insert(lb4_services::key(&fe(1), 1), lb4_services::slot_value(7, 3));
         maps.services
             .insert(lb4_services::key(&fe(1), 2), lb4_services::slot_value(9, 3));
-        let p = maps.picture();
+        let p = picture(&maps);
         let s = &p.services[&fe(1)];
         assert!(!s.has_frontend);
         assert_eq!(s.rev_nat, 3);
@@ -535,7 +546,7 @@ fn restart_after_a_crash_between_slots_and_frontend_finishes_the_write() {
     );
     assert_eq!(maps.view(&fe(1)).unwrap().count, 3);
 
-    let mut rec = Reconciler::new(maps.picture());
+    let mut rec = Reconciler::new(picture(&maps));
     reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3, 4])]);
     let v = maps.view(&fe(1)).unwrap();
     assert_eq!(v.count, 4, "the frontend must be brought to the slots");
@@ -550,7 +561,7 @@ fn restart_after_a_crash_between_slots_and_frontend_finishes_the_write() {
         lb4_services::key(&fe(1), 0),
         lb4_services::frontend_value(2, lb4_services::rev_nat_of(&f), 0),
     );
-    let mut rec = Reconciler::new(maps.picture());
+    let mut rec = Reconciler::new(picture(&maps));
     reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
     assert_eq!(maps.view(&fe(1)).unwrap().count, 3);
 }
@@ -573,7 +584,7 @@ fn service_with_as_many_backends_as_slots() {
         maps.backends
             .insert(i as u32 + 1, lb4_backends::value(a, BackendState::Active));
     }
-    let mut rec = Reconciler::new(maps.picture());
+    let mut rec = Reconciler::new(picture(&maps));
 
     let r = rec.reconcile(&[svc_at("big", fe(1), &addrs[..n])], &mut maps);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -620,7 +631,7 @@ fn from_entries_leaves_what_it_cannot_read_alone() {
     );
     maps.services
         .insert(lb4_services::key(&fe(2), 1), lb4_services::slot_value(1, 4));
-    let p = maps.picture();
+    let p = picture(&maps);
     assert_eq!(p.backends.keys().copied().collect::<Vec<_>>(), [be(1)]);
     assert_eq!(p.services.keys().copied().collect::<Vec<_>>(), [fe(2)]);
     let s = &p.services[&fe(2)];
@@ -819,7 +830,7 @@ fn map_full_at_write_time_is_rolled_back() {
     assert!(maps.rev_nat.is_empty(), "unused rev_nat entry taken back");
     assert!(maps.backends.is_empty(), "unused backends taken back");
     assert!(!rec.programmed().services.contains_key(&fe(1)));
-    assert_eq!(&maps.picture().backends, &rec.programmed().backends);
+    assert_eq!(&picture(&maps).backends, &rec.programmed().backends);
 }
 
 #[test]
@@ -846,7 +857,7 @@ fn failed_slot_write_is_reported_and_finished_next_time() {
     // and the slot written before the failure is taken back.
     assert_eq!(maps.view(&fe(1)), Some(before.clone()));
     assert_eq!(maps.slot_keys(&fe(1)), [0, 1, 2]);
-    assert_eq!(&maps.picture(), rec.programmed());
+    assert_eq!(&picture(&maps), rec.programmed());
     maps.assert_clean();
 
     maps.heal();
@@ -868,7 +879,7 @@ fn failed_write_of_a_new_service_leaves_nothing_visible() {
     assert!(maps.slot_keys(&fe(2)).is_empty());
     assert_eq!(maps.rev_nat.len(), 1);
     assert!(!rec.programmed().services.contains_key(&fe(2)));
-    assert_eq!(&maps.picture(), rec.programmed());
+    assert_eq!(&picture(&maps), rec.programmed());
 
     maps.heal();
     reconcile_ok(&mut rec, &mut maps, &desired);
@@ -885,7 +896,7 @@ fn failed_frontend_write_takes_back_new_slots() {
     assert_error_mentions(&r, &["default/a"]);
     maps.assert_clean();
     assert_eq!(maps.view(&fe(1)), Some(before));
-    assert_eq!(&maps.picture(), rec.programmed());
+    assert_eq!(&picture(&maps), rec.programmed());
     maps.heal();
     reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
 }
@@ -903,7 +914,7 @@ fn failed_delete_of_an_excess_slot_is_finished_next_time() {
     // Slot 4 is still there; the backend it names must be too.
     assert_eq!(maps.slot_keys(&fe(1)), [0, 1, 2, 4]);
     assert!(maps.backends.contains_key(&id4));
-    assert_eq!(&maps.picture(), rec.programmed());
+    assert_eq!(&picture(&maps), rec.programmed());
 
     maps.heal();
     maps.take_ops();
@@ -933,7 +944,7 @@ fn failed_removal_keeps_serving_and_is_finished_next_time() {
     let r = reconcile(&mut rec, &mut maps, &[svc("b", fe(2), &[3])]);
     assert_error_mentions(&r, &["removing service 10.96.0.1:80/TCP"]);
     assert!(maps.view(&fe(1)).is_none());
-    assert_eq!(&maps.picture(), rec.programmed());
+    assert_eq!(&picture(&maps), rec.programmed());
 
     maps.heal();
     reconcile_ok(&mut rec, &mut maps, &[svc("b", fe(2), &[3])]);
@@ -1013,7 +1024,7 @@ fn any_failed_write_is_safe_and_recovered() {
             assert!(r.errors.is_empty(), "{ctx}: recovery errors {:?}", r.errors);
             maps.assert_clean();
             assert_serves(&maps, &target);
-            assert_eq!(&maps.picture(), rec.programmed(), "{ctx}");
+            assert_eq!(&picture(&maps), rec.programmed(), "{ctx}");
             maps.take_ops();
             rec.reconcile(&target, &mut maps);
             assert_eq!(
@@ -1130,7 +1141,7 @@ fn apply_ok(rec: &mut Reconciler, maps: &mut FakeMaps, changes: &[Change]) -> Re
     assert!(report.errors.is_empty(), "errors: {:#?}", report.errors);
     maps.assert_clean();
     assert_eq!(
-        &maps.picture(),
+        &picture(&maps),
         rec.programmed(),
         "picture differs from the maps"
     );
@@ -1493,7 +1504,7 @@ fn apply_equals_full_reconcile_on_random_edits() {
             assert!(r.errors.is_empty(), "{ctx}: {:?}", r.errors);
             inc.assert_clean();
             assert_eq!(inc.unreferenced_backends(), Vec::<u32>::new(), "{ctx}");
-            assert_eq!(&inc.picture(), inc_rec.programmed(), "{ctx}");
+            assert_eq!(&picture(&inc), inc_rec.programmed(), "{ctx}");
 
             let r = reconcile(&mut full_rec, &mut full, &want);
             assert!(r.errors.is_empty(), "{ctx}: {:?}", r.errors);
@@ -1559,7 +1570,7 @@ fn apply_of_an_upsert_that_does_not_fit_writes_nothing_for_it() {
     maps.assert_clean();
     assert_eq!(maps.view(&fe(2)), Some(b_before.clone()));
     assert_eq!(maps.backend_id(&be(5)), None);
-    assert_eq!(&maps.picture(), rec.programmed());
+    assert_eq!(&picture(&maps), rec.programmed());
 
     // A new service that does not fit is not programmed at all, and the
     // others in the same change still are.
@@ -1699,7 +1710,7 @@ fn apply_after_reconcile_and_restart_knows_backend_states() {
 
     let (mut rec, mut maps) = fresh();
     reconcile_ok(&mut rec, &mut maps, &[a.clone(), b_term.clone()]);
-    let mut rec = Reconciler::new(maps.picture());
+    let mut rec = Reconciler::new(picture(&maps));
     reconcile_ok(&mut rec, &mut maps, &[a, b_term.clone()]);
     apply_ok(&mut rec, &mut maps, &[rm(fe(1))]);
     assert_eq!(maps.state(&be(2)), Some(BackendState::Terminating));
@@ -1825,7 +1836,7 @@ fn restart_sweeps_leftover_rev_nat_and_match_entries() {
     // The crashed agent's half-written service b: rev-NAT 9 and one match.
     maps.rev_nat.insert(9, lb4_reverse_nat::value(&fe(2)));
     maps.matches.insert((a.ids[0], 9));
-    let p = maps.picture();
+    let p = picture(&maps);
     assert_eq!(p.orphan_rev_nats, BTreeSet::from([9]));
     assert_eq!(p.orphan_matches, BTreeSet::from([(a.ids[0], 9)]));
     let mut rec = Reconciler::new(p);
@@ -1841,6 +1852,6 @@ fn restart_sweeps_leftover_rev_nat_and_match_entries() {
     assert_eq!(maps.view(&fe(1)), Some(a), "a untouched");
     assert_serves(&maps, &desired);
     // Nothing left to sweep: the next restart finds a clean picture.
-    let p = maps.picture();
+    let p = picture(&maps);
     assert!(p.orphan_rev_nats.is_empty() && p.orphan_matches.is_empty());
 }

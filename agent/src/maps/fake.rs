@@ -11,7 +11,7 @@ use std::{
 use lash_common::{Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
 
 use super::{lb4_backends, lb4_reverse_nat, lb4_services, Capacity, LbMapWriter, MapWriteError};
-use crate::{lb::Programmed, model::L4Addr};
+use crate::model::L4Addr;
 
 /// One attempted write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,15 +297,6 @@ impl FakeMaps {
         self.services
             .iter()
             .any(|(k, v)| k.backend_slot != 0 && v.backend_id == id)
-    }
-
-    pub fn picture(&self) -> Programmed {
-        Programmed::from_entries(
-            self.services.iter().map(|(k, v)| (*k, *v)),
-            self.backends.iter().map(|(k, v)| (*k, *v)),
-            self.rev_nat.keys().copied(),
-            self.matches.iter().copied(),
-        )
     }
 }
 
