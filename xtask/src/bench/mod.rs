@@ -399,7 +399,13 @@ fn program_cost(
     ) else {
         return Ok((None, None));
     };
-    let floor = floor::Floor::attach(floor_object, &lash.sb.bpf_root, &base.sb.cgroup, pod, POD_PORT)?;
+    let floor = floor::Floor::attach(
+        floor_object,
+        &lash.sb.bpf_root,
+        &base.sb.cgroup,
+        pod,
+        POD_PORT,
+    )?;
     let lash_prog =
         stats::connect4_prog(&lash.sb.cgroup).context("lash's connect4 not attached")?;
     let count = plan.connects.to_string();
