@@ -76,12 +76,14 @@ fn main() -> anyhow::Result<()> {
         ),
         "tcp" => (0..count).for_each(|_| println!("{}", tcp_once(addr))),
         "udp" => udp_unconnected(addr, count)?,
-        "udp-connected" => (0..count).for_each(|_| println!("{}", udp_connected(addr))),
+        "udp-connected" => {
+            (0..count).for_each(|_| println!("{}", udp_connected("0.0.0.0:0", addr)))
+        }
         "hold" => hold(addr)?,
         "tcp6" => (0..count).for_each(|_| println!("{}", tcp_once(v4_mapped(addr)))),
         "udp6" => udp6_unconnected(v4_mapped(addr), count)?,
         "udp6-connected" => {
-            (0..count).for_each(|_| println!("{}", udp6_connected(v4_mapped(addr))))
+            (0..count).for_each(|_| println!("{}", udp_connected("[::]:0", v4_mapped(addr))))
         }
         "udp-hold" => udp_hold(addr, count)?,
         "tcp-churn" => println!("{}", tcp_churn(addr, count)),
@@ -136,10 +138,12 @@ fn tcp_once(addr: SocketAddr) -> serde_json::Value {
     }
 }
 
-fn udp_connected(addr: SocketAddr) -> serde_json::Value {
+/// A fresh socket bound to `local` (an IPv4 or IPv6 wildcard: the family of
+/// the socket) and connected to `addr`: one datagram and its reply.
+fn udp_connected(local: &str, addr: SocketAddr) -> serde_json::Value {
     let start = Instant::now();
     let run = || -> std::io::Result<serde_json::Value> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(local)?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.connect(addr)?;
         let peer = s.peer_addr()?.to_string();
@@ -317,22 +321,6 @@ fn udp6_unconnected(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
         println!("{}", udp_round_trip(&s, addr));
     }
     Ok(())
-}
-
-/// A fresh AF_INET6 socket connected to a v4-mapped address.
-fn udp6_connected(addr: SocketAddr) -> serde_json::Value {
-    let start = Instant::now();
-    let run = || -> std::io::Result<serde_json::Value> {
-        let s = UdpSocket::bind("[::]:0")?;
-        s.set_read_timeout(Some(TIMEOUT))?;
-        s.connect(addr)?;
-        let peer = s.peer_addr()?.to_string();
-        s.send(b"ping")?;
-        let mut buf = [0u8; 512];
-        let n = s.recv(&mut buf)?;
-        Ok(json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "peer": peer}))
-    };
-    run().unwrap_or_else(|e| errno_json(&e, start.elapsed()))
 }
 
 /// One sendto()/recvfrom() on an unconnected socket: who answered, and the
