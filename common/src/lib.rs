@@ -10,7 +10,10 @@
 //! has no dependencies but (behind the `user` feature) aya's `Pod` marker.
 #![no_std]
 
+pub mod ct;
+pub mod endpoint;
 pub mod lb;
 pub mod maps;
+pub mod metrics;
 
 pub use lb::*;
