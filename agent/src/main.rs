@@ -3,6 +3,7 @@
 mod cli;
 mod datapath;
 mod failpoint;
+mod ipam;
 mod k8s;
 mod lb;
 mod loader;
@@ -90,6 +91,11 @@ struct RunArgs {
     /// Seconds between full resyncs behind the directory watch.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
+    /// This node's pod range (IPv4, e.g. 10.244.0.0/24): the agent hands out
+    /// pod addresses from it; its first address is the node's gateway.
+    /// Without it the agent does no IPAM.
+    #[arg(long)]
+    pod_cidr: Option<ipam::Ipv4Cidr>,
 }
 
 #[derive(Subcommand)]
@@ -153,6 +159,7 @@ fn main() -> anyhow::Result<()> {
                     lb_map_max: args.lb_map_max,
                 },
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
+                pod_cidr: args.pod_cidr,
             };
             // Multi-threaded: sources and the API keep answering while the
             // map owner's thread (datapath.rs) runs a long sync.

@@ -3,6 +3,7 @@
 
 use std::{
     path::PathBuf,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -10,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::{
     datapath,
+    ipam::{Ipam, Ipv4Cidr},
     lb::{Programmed, Reconciler},
     loader::{self, MapSizes},
     lock,
@@ -24,6 +26,8 @@ pub struct RunConfig {
     pub cgroup: PathBuf,
     pub state_dir: PathBuf,
     pub sizes: MapSizes,
+    /// The node's pod range; `None` runs without IPAM.
+    pub pod_cidr: Option<Ipv4Cidr>,
     /// Full resync period, a safety net behind the directory watch.
     pub resync: Duration,
 }
@@ -38,6 +42,17 @@ fn unix_now() -> f64 {
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     loader::prepare_bpf_root(&cfg.bpf_root)?;
     let _lock = lock::acquire(&cfg.bpf_root, &cfg.state_dir)?;
+    // Before anything is loaded: a state file for another range stops the
+    // agent with the datapath untouched.
+    let ipam = match cfg.pod_cidr {
+        Some(cidr) => {
+            let ipam = Ipam::open(&cfg.state_dir, cidr)?;
+            let u = ipam.usage();
+            info!(cidr = %u.cidr, gateway = %u.gateway, used = u.used, total = u.total, "IPAM ready");
+            Some(Arc::new(ipam))
+        }
+        None => None,
+    };
     // Check the pinned maps (layout, size) before any program goes live on them.
     loader::check_pinned_maps(&cfg.bpf_root, cfg.sizes)?;
     let mut ebpf = loader::load(&cfg.bpf_root, cfg.sizes)?;
@@ -67,6 +82,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         ..Default::default()
     };
     let state_dir = cfg.state_dir.clone();
+    // Usage is read at each status write. TODO(issue 7, CNI API): republish
+    // the status when an allocation changes it, not only after a reconcile.
+    let ipam_status = ipam.clone();
     let (tx, owner) = datapath::spawn(Reconciler::new(programmed), maps, move |snap| {
         status.syncs = snap.syncs;
         status.last_sync_unix = unix_now();
@@ -76,6 +94,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         status.backends = snap.backends;
         status.errors = snap.errors.clone();
         status.warnings = snap.warnings.clone();
+        status.ipam = ipam_status.as_ref().map(|i| i.usage());
         if let Err(e) = state::write_status(&state_dir, &status) {
             warn!("writing status to {}: {e}", state_dir.display());
         }

@@ -34,6 +34,9 @@ pub struct AgentStatus {
     /// field. Absent from files of agents that predate it.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Pod addresses, when the agent runs with --pod-cidr.
+    #[serde(default)]
+    pub ipam: Option<crate::ipam::Usage>,
 }
 
 pub fn status_path(state_dir: &Path) -> PathBuf {

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use crate::{loader, maps, state};
+use crate::{ipam, loader, maps, state};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -18,6 +18,9 @@ pub struct Status {
     pub syncs: Option<u64>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// Pod addresses, as the agent last reported them; `null` when it runs
+    /// without --pod-cidr.
+    pub ipam: Option<ipam::Usage>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,7 +58,8 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
         last_sync_unix: st.as_ref().map(|s| s.last_sync_unix),
         syncs: st.as_ref().map(|s| s.syncs),
         errors: st.as_ref().map(|s| s.errors.clone()).unwrap_or_default(),
-        warnings: st.map(|s| s.warnings).unwrap_or_default(),
+        warnings: st.as_ref().map(|s| s.warnings.clone()).unwrap_or_default(),
+        ipam: st.and_then(|s| s.ipam),
     }
 }
 
@@ -83,6 +87,13 @@ pub fn table(s: &Status) -> String {
         s.attached_hooks.join(" ")
     };
     let _ = writeln!(out, "Socket LB:  {hooks}");
+    if let Some(u) = &s.ipam {
+        let _ = writeln!(
+            out,
+            "IPAM:       {} (gateway {}), {}/{} addresses in use",
+            u.cidr, u.gateway, u.used, u.total
+        );
+    }
     let _ = writeln!(out, "Maps:");
     for m in &s.maps {
         if m.pinned {
@@ -112,4 +123,44 @@ pub fn table(s: &Status) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(ipam: Option<ipam::Usage>) -> Status {
+        Status {
+            agent_running: true,
+            pid: Some(1),
+            bpf_root: "/sys/fs/bpf/lash".into(),
+            attached_hooks: vec![],
+            maps: vec![],
+            last_sync_unix: None,
+            syncs: None,
+            errors: vec![],
+            warnings: vec![],
+            ipam,
+        }
+    }
+
+    #[test]
+    fn ipam_is_shown_only_when_configured() {
+        assert!(!table(&status(None)).contains("IPAM"));
+        let usage = ipam::Usage {
+            cidr: "10.244.0.0/24".parse().unwrap(),
+            gateway: "10.244.0.1".parse().unwrap(),
+            used: 3,
+            total: 253,
+        };
+        let s = status(Some(usage));
+        assert!(table(&s)
+            .contains("IPAM:       10.244.0.0/24 (gateway 10.244.0.1), 3/253 addresses in use\n"));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["ipam"],
+            serde_json::json!({"cidr": "10.244.0.0/24", "gateway": "10.244.0.1", "used": 3, "total": 253})
+        );
+        assert!(serde_json::to_value(status(None)).unwrap()["ipam"].is_null());
+    }
 }
