@@ -6,6 +6,7 @@
 
 use core::mem::size_of;
 
+use crate::endpoint::{EndpointInfo, EndpointKey};
 use crate::lb::*;
 
 /// The BPF map type, as `bpftool map show` names it.
@@ -102,6 +103,11 @@ pub const LB4_AFFINITY_MATCH: MapDef = def::<Lb4AffinityMatch, u8>(
     Sizing::LbMapMax,
 );
 
+/// Local address -> endpoint (a pod on this node: ifindex, MACs, id) or the
+/// node's own address (flag host). Sized as Cilium's default.
+pub const LXC: MapDef =
+    def::<EndpointKey, EndpointInfo>("lxc", MapKind::Hash, 65535, Sizing::Fixed);
+
 /// Every map, in the order listings show them.
 pub const ALL: &[MapDef] = &[
     LB4_SERVICES,
@@ -110,4 +116,5 @@ pub const ALL: &[MapDef] = &[
     LB4_AFFINITY_MATCH,
     LB4_SOCK_STATE,
     LB4_SOCK_EVENTS,
+    LXC,
 ];

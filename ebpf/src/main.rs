@@ -4,11 +4,14 @@
 //!   IPv6 sockets using v4-mapped addresses (socket-level LB).
 //! - `sock_state`: each socket's own record of its services and backends.
 //! - `lb`: service and backend lookups shared by the socket programs.
+//! - `lxc`: the tc programs of a pod's host-side veth; `arp` its ARP responder.
 //! - `maps`: every map, one place, with the pinned names bpftool shows.
 #![no_std]
 #![no_main]
 
+mod arp;
 mod lb;
+mod lxc;
 mod maps;
 mod sock;
 mod sock_state;

@@ -10,6 +10,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use lash_common::{
+    endpoint::{EndpointInfo, EndpointKey},
     maps as def, Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, SockLbState,
 };
 
@@ -33,6 +34,11 @@ pub static LB4_REVERSE_NAT: HashMap<u16, Lb4ReverseNat> =
 #[map(name = "lb4_affinity_match")]
 pub static LB4_AFFINITY_MATCH: HashMap<Lb4AffinityMatch, u8> =
     HashMap::pinned(def::LB4_AFFINITY_MATCH.max_entries, 0);
+
+/// Local address -> how to deliver to it (pods) or that it is the node's own.
+/// Written by the agent only.
+#[map(name = "lxc")]
+pub static LXC: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(def::LXC.max_entries, 0);
 
 /// Counters of what the socket programs had to do without (`SOCK_EV_*`), per
 /// CPU: the BPF target has no atomic add to offer, and a reader sums anyway.

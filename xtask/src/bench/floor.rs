@@ -1,16 +1,13 @@
 //! The floor for a connect4 program (ebpf/src/floor.rs): one hash lookup of
 //! the destination in a copy of lash's lb4_services (same capacity, same
 //! entries, so the same table walk and cache footprint), and nothing else.
-//! Built here at run time (the object is no part of the agent) and attached
+//! Built at run time (lash_tests::ebpf; the object is no part of the agent) and attached
 //! to the no-translation arm's cgroup only while bpf_stats are read, so the
 //! arm's own samples stay free of any program.
 
-#[path = "../../../ebpf/cargo_cmd.rs"]
-mod cargo_cmd;
-
 use std::{net::Ipv4Addr, path::Path};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use aya::{
     maps::{HashMap, Map, MapData},
     programs::{links::CgroupAttachMode, CgroupSockAddr},
@@ -18,19 +15,9 @@ use aya::{
 };
 use lash_common::{Lb4Key, Lb4Service, LB_LOOKUP_SCOPE_EXT};
 
-/// Builds the floor object (cargo's cache makes a rebuild cheap) and returns
-/// its bytes.
+/// The floor object, built from ebpf/ (cargo's cache makes a rebuild cheap).
 pub fn build() -> anyhow::Result<Vec<u8>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target_dir = root.join("target/ebpf-floor");
-    let mut cmd =
-        cargo_cmd::command(&root.join("ebpf"), &target_dir).map_err(anyhow::Error::msg)?;
-    let status = cmd.status().context("running cargo for ebpf/")?;
-    if !status.success() {
-        bail!("building ebpf/ for the floor program failed ({status})");
-    }
-    let obj = cargo_cmd::object(&target_dir, "lash-floor");
-    std::fs::read(&obj).with_context(|| format!("reading {}", obj.display()))
+    lash_tests::ebpf::object("lash-floor")
 }
 
 /// The floor program attached to a cgroup; dropping it drops the Ebpf, which

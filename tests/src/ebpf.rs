@@ -1,0 +1,48 @@
+//! The eBPF objects for tests that load programs themselves (BPF_PROG_TEST_RUN)
+//! and for the bench's floor program: built from ebpf/ at run time with the
+//! same command agent/build.rs uses, into target/ebpf.
+
+#[path = "../../ebpf/cargo_cmd.rs"]
+mod cargo_cmd;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+
+/// The object of ebpf/'s binary `bin` ("lash", "lash-floor"), built if needed
+/// (cargo's cache makes that cheap after the first time).
+pub fn object(bin: &str) -> anyhow::Result<Vec<u8>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("ebpf");
+    let mut cmd =
+        cargo_cmd::command(&root.join("ebpf"), &target_dir).map_err(anyhow::Error::msg)?;
+    let status = cmd.status().context("running cargo for ebpf/")?;
+    if !status.success() {
+        bail!("building ebpf/ failed ({status})");
+    }
+    let obj = cargo_cmd::object(&target_dir, bin);
+    std::fs::read(&obj).with_context(|| format!("reading {}", obj.display()))
+}
+
+/// A bpffs directory of the test's own for pinned maps, removed with
+/// everything pinned in it on drop.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let path = Path::new("/sys/fs/bpf").join(format!("lash-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(PinDir { path })
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
