@@ -3,7 +3,7 @@
 
 use std::{
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,7 +16,10 @@ use crate::{
     loader::{self, MapSizes},
     lock,
     maps::LbMaps,
-    sources::manifest_dir::ManifestSource,
+    sources::{
+        cni_api::{self, CniApi},
+        manifest_dir::ManifestSource,
+    },
     state::{self, AgentStatus},
 };
 
@@ -74,42 +77,70 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         "recovered programmed state from the pinned maps"
     );
 
-    let mut status = AgentStatus {
+    // One status, written by the map owner after every command and by the CNI
+    // API after every change of IPAM use.
+    let status = Arc::new(Mutex::new(AgentStatus {
         pid: std::process::id(),
         bpf_root: cfg.bpf_root.clone(),
         cgroup: cfg.cgroup.clone(),
         manifests: cfg.manifests.clone(),
+        ipam: ipam.as_ref().map(|i| i.usage()),
         ..Default::default()
-    };
-    let state_dir = cfg.state_dir.clone();
-    // Usage is read at each status write. TODO(issue 7, CNI API): republish
-    // the status when an allocation changes it, not only after a reconcile.
-    let ipam_status = ipam.clone();
-    let (tx, owner) = datapath::spawn(Reconciler::new(programmed), maps, move |snap| {
-        status.syncs = snap.syncs;
-        status.last_sync_unix = unix_now();
-        status.last_sync_ms = snap.last_sync_ms;
-        status.last_event_ms = snap.last_event_ms;
-        status.services = snap.services;
-        status.backends = snap.backends;
-        status.errors = snap.errors.clone();
-        status.warnings = snap.warnings.clone();
-        status.ipam = ipam_status.as_ref().map(|i| i.usage());
-        if let Err(e) = state::write_status(&state_dir, &status) {
-            warn!("writing status to {}: {e}", state_dir.display());
+    }));
+    let publish = {
+        let (status, ipam, state_dir) = (status.clone(), ipam.clone(), cfg.state_dir.clone());
+        move |snap: &datapath::Snapshot| {
+            let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
+            status.syncs = snap.syncs;
+            status.last_sync_unix = unix_now();
+            status.last_sync_ms = snap.last_sync_ms;
+            status.last_event_ms = snap.last_event_ms;
+            status.services = snap.services;
+            status.backends = snap.backends;
+            status.errors = snap.errors.clone();
+            status.warnings = snap.warnings.clone();
+            status.ipam = ipam.as_ref().map(|i| i.usage());
+            if let Err(e) = state::write_status(&state_dir, &status) {
+                warn!("writing status to {}: {e}", state_dir.display());
+            }
         }
-    });
+    };
+    let ipam_changed = {
+        let (status, ipam, state_dir) = (status.clone(), ipam.clone(), cfg.state_dir.clone());
+        move || {
+            let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
+            status.ipam = ipam.as_ref().map(|i| i.usage());
+            // Before the first sync there is no status file to update yet.
+            if status.syncs > 0 {
+                if let Err(e) = state::write_status(&state_dir, &status) {
+                    warn!("writing status to {}: {e}", state_dir.display());
+                }
+            }
+        }
+    };
+    let (tx, owner) = datapath::spawn(Reconciler::new(programmed), maps, publish);
+
+    let (api_stop_tx, api_stop_rx) = tokio::sync::mpsc::channel(1);
+    let api = CniApi::new(ipam.clone(), Arc::new(ipam_changed));
+    let socket = lash_api::socket_path(&cfg.state_dir);
+    let api_task = tokio::spawn(async move { cni_api::serve(api, &socket, api_stop_rx).await });
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let source =
         tokio::spawn(ManifestSource::new(cfg.manifests.clone()).run(tx, cfg.resync, stop_rx));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut source = std::pin::pin!(source);
+    let mut api_task = std::pin::pin!(api_task);
     let result = tokio::select! {
         r = &mut source => r?.map_err(anyhow::Error::from),
+        r = &mut api_task => r?.map_err(anyhow::Error::from),
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = sigterm.recv() => Ok(()),
     };
+    let _ = api_stop_tx.send(()).await;
+    if !api_task.is_finished() {
+        let _ = api_task.await;
+    }
     // Stop the source; the owner ends once its last sender is gone, after
     // finishing the command in hand (never in the middle of a write order).
     let _ = stop_tx.send(()).await;

@@ -124,9 +124,7 @@ impl Ipam {
     }
 }
 
-// The CNI's requests reach these through the agent's API, the next step of
-// issue 7; until then only the tests call them.
-#[cfg_attr(not(test), allow(dead_code))]
+// The CNI's requests reach these through the agent's API (sources/cni_api.rs).
 impl Ipam {
     /// The address of `owner`: the one it holds, else a new one (saved).
     pub fn allocate(&self, owner: &str) -> Result<Ipv4Addr, IpamError> {

@@ -4,5 +4,8 @@
 //!
 //! - `manifest_dir`: a directory of Service and EndpointSlice manifests
 //!   (standalone mode).
+//! - `cni_api`: the local gRPC API lash-cni calls (addresses today;
+//!   endpoints next).
 
+pub mod cni_api;
 pub mod manifest_dir;

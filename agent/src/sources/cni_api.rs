@@ -1,0 +1,200 @@
+//! The agent's local gRPC API for lash-cni (api/proto/lash/v1/cni.proto),
+//! on a unix socket under the state dir, mode 0600.
+//!
+//! Today it serves addresses from IPAM; endpoints (veths, the lxc map, tc
+//! programs) join it as the next step of the CNI work, as commands to the
+//! map owner like every other source's.
+
+use std::{
+    collections::HashSet,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use lash_api::{
+    v1::{
+        cni_server::{Cni, CniServer},
+        AllocateAddressReply, AllocateAddressRequest, ReleaseAddressReply, ReleaseAddressRequest,
+        Released, RetainAddressesReply, RetainAddressesRequest, StatusReply, StatusRequest,
+    },
+    Attachment,
+};
+use thiserror::Error;
+use tokio::{net::UnixListener, sync::mpsc};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::ipam::{Ipam, IpamError};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("listening on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving the CNI API on {path}: {source}")]
+    Serve {
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// The handlers. `changed` is called after every change of IPAM use, so the
+/// status the agent publishes follows the allocations.
+pub struct CniApi {
+    ipam: Option<Arc<Ipam>>,
+    changed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl CniApi {
+    pub fn new(ipam: Option<Arc<Ipam>>, changed: Arc<dyn Fn() + Send + Sync>) -> Self {
+        CniApi { ipam, changed }
+    }
+
+    fn ipam(&self) -> Result<Arc<Ipam>, Status> {
+        self.ipam.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this agent runs without --pod-cidr: it has no pod addresses to give",
+            )
+        })
+    }
+
+    /// Runs an IPAM call (it writes and syncs the state file) off the runtime.
+    async fn with_ipam<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Ipam) -> Result<T, IpamError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let ipam = self.ipam()?;
+        let r = tokio::task::spawn_blocking(move || f(&ipam))
+            .await
+            .map_err(|e| Status::internal(format!("IPAM task: {e}")))?;
+        r.map_err(|e| match e {
+            IpamError::Exhausted { .. } => Status::resource_exhausted(e.to_string()),
+            e => Status::internal(e.to_string()),
+        })
+    }
+}
+
+/// The attachment of a request, with both names present.
+fn attachment(a: Option<Attachment>) -> Result<Attachment, Status> {
+    let a = a.ok_or_else(|| Status::invalid_argument("no attachment in the request"))?;
+    if a.container_id.is_empty() || a.ifname.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "attachment needs a container id and an interface name, got {:?} and {:?}",
+            a.container_id, a.ifname
+        )));
+    }
+    Ok(a)
+}
+
+#[tonic::async_trait]
+impl Cni for CniApi {
+    async fn allocate_address(
+        &self,
+        req: Request<AllocateAddressRequest>,
+    ) -> Result<Response<AllocateAddressReply>, Status> {
+        let owner = attachment(req.into_inner().attachment)?.owner();
+        let (ip, usage) = self
+            .with_ipam(move |ipam| Ok((ipam.allocate(&owner)?, ipam.usage())))
+            .await?;
+        (self.changed)();
+        Ok(Response::new(AllocateAddressReply {
+            address: ip.to_string(),
+            prefix_len: u32::from(usage.cidr.prefix()),
+            gateway: usage.gateway.to_string(),
+        }))
+    }
+
+    async fn release_address(
+        &self,
+        req: Request<ReleaseAddressRequest>,
+    ) -> Result<Response<ReleaseAddressReply>, Status> {
+        let owner = attachment(req.into_inner().attachment)?.owner();
+        let released = self.with_ipam(move |ipam| ipam.release(&owner)).await?;
+        (self.changed)();
+        Ok(Response::new(ReleaseAddressReply {
+            released: released.map(|ip| ip.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn retain_addresses(
+        &self,
+        req: Request<RetainAddressesRequest>,
+    ) -> Result<Response<RetainAddressesReply>, Status> {
+        let keep: HashSet<String> = req
+            .into_inner()
+            .keep
+            .into_iter()
+            .map(|a| attachment(Some(a)).map(|a| a.owner()))
+            .collect::<Result<_, _>>()?;
+        let freed = self.with_ipam(move |ipam| ipam.retain(&keep)).await?;
+        (self.changed)();
+        let released = freed
+            .into_iter()
+            .map(|(owner, ip)| {
+                // Owners are "containerID:ifname"; the interface name has no colon.
+                let (c, i) = owner.rsplit_once(':').unwrap_or((&owner, ""));
+                Released {
+                    attachment: Some(Attachment::new(c, i)),
+                    address: ip.to_string(),
+                }
+            })
+            .collect();
+        Ok(Response::new(RetainAddressesReply { released }))
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let reply = match &self.ipam {
+            Some(ipam) => {
+                let u = ipam.usage();
+                StatusReply {
+                    pod_cidr: u.cidr.to_string(),
+                    gateway: u.gateway.to_string(),
+                    addresses_used: u.used as u32,
+                    addresses_total: u.total as u32,
+                }
+            }
+            None => StatusReply::default(),
+        };
+        Ok(Response::new(reply))
+    }
+}
+
+/// Serves `api` on `socket` until `stop` fires. A socket file left by an
+/// earlier agent is replaced (the agent lock says no other agent runs here).
+pub async fn serve(
+    api: CniApi,
+    socket: &Path,
+    mut stop: mpsc::Receiver<()>,
+) -> Result<(), ServeError> {
+    let listen_err = |source| ServeError::Listen {
+        path: socket.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen_err(e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(listen_err)?;
+    // Only root on the node may allocate addresses or make endpoints.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    info!(socket = %socket.display(), "CNI API listening");
+    let result = tonic::transport::Server::builder()
+        .add_service(CniServer::new(api))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            let _ = stop.recv().await;
+        })
+        .await
+        .map_err(|source| ServeError::Serve {
+            path: socket.to_path_buf(),
+            source,
+        });
+    let _ = std::fs::remove_file(socket);
+    result
+}
