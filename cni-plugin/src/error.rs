@@ -74,10 +74,11 @@ pub enum CniError {
     #[error("invalid network configuration: {field} {problem}")]
     InvalidConfig { field: String, problem: String },
 
-    /// 11: the agent could not serve an attachment verb now; the runtime
-    /// should try again.
+    /// The agent could not serve a verb: 11 when it is unreachable or not
+    /// answering (the runtime should try again), else what the agent's
+    /// refusal means (see `AgentProblem::code`).
     #[error("{what}: {problem}")]
-    AgentUnavailable {
+    Agent {
         /// The verb, and the attachment if it is about one ("ADD of abc/eth0").
         what: String,
         #[source]
@@ -87,6 +88,16 @@ pub enum CniError {
     /// 50: STATUS, when ADD could not be served.
     #[error("not ready for ADD: {0}")]
     NotReady(#[source] AgentProblem),
+
+    /// 11: a verb this build does not carry out yet (ADD and CHECK wait for
+    /// the pod's interface to be made here). "Try again later" is what a
+    /// runtime should do: a newer plugin on the node will serve it.
+    #[error("{what}: this lash-cni does not serve {verb} yet (the agent at {} answers)", socket.display())]
+    NotServedYet {
+        what: String,
+        verb: Command,
+        socket: std::path::PathBuf,
+    },
 }
 
 fn names(problems: &[EnvProblem]) -> String {
@@ -103,7 +114,8 @@ impl CniError {
             CniError::Stdin(_) => 5,
             CniError::NotJson(_) | CniError::NotAnObject { .. } => 6,
             CniError::InvalidConfig { .. } => 7,
-            CniError::AgentUnavailable { .. } => 11,
+            CniError::Agent { problem, .. } => problem.code(),
+            CniError::NotServedYet { .. } => 11,
             CniError::NotReady(_) => 50,
         }
     }
@@ -160,9 +172,9 @@ mod tests {
 
     #[test]
     fn codes_follow_the_spec() {
-        let agent = || AgentProblem::Unreachable {
+        let agent = || AgentProblem::Silent {
             socket: PathBuf::from("/run/lash/cni.sock"),
-            source: io::Error::from(io::ErrorKind::NotFound),
+            after: std::time::Duration::from_secs(10),
         };
         let cases = [
             (
@@ -197,11 +209,22 @@ mod tests {
                 7,
             ),
             (
-                CniError::AgentUnavailable {
+                CniError::Agent {
                     what: "ADD of abc/eth0".into(),
                     problem: agent(),
                 },
                 11,
+            ),
+            (
+                CniError::Agent {
+                    what: "ADD of abc/eth0".into(),
+                    problem: AgentProblem::RangeFull {
+                        cidr: "10.244.1.0/24".into(),
+                        used: 253,
+                        total: 253,
+                    },
+                },
+                crate::agent::codes::RANGE_EXHAUSTED,
             ),
             (CniError::NotReady(agent()), 50),
         ];
@@ -238,14 +261,15 @@ mod tests {
 
     #[test]
     fn details_carry_the_cause() {
-        let err = CniError::AgentUnavailable {
-            what: "ADD of abc/eth0".into(),
-            problem: AgentProblem::Unreachable {
+        let err = CniError::Agent {
+            what: "DEL of abc/eth0".into(),
+            problem: AgentProblem::Refused {
                 socket: PathBuf::from("/tmp/x.sock"),
-                source: io::Error::from(io::ErrorKind::NotFound),
+                status: tonic::Status::internal("writing ipam.json: disk full"),
             },
         };
+        assert_eq!(err.code(), 5);
         assert!(err.msg().contains("/tmp/x.sock"), "{}", err.msg());
-        assert!(err.details().contains("not found"), "{}", err.details());
+        assert!(err.details().contains("disk full"), "{}", err.details());
     }
 }

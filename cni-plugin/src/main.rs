@@ -2,10 +2,10 @@
 //!
 //! The runtime runs it once per verb: `CNI_*` variables in the environment,
 //! the network configuration on stdin, the result or an error object on
-//! stdout (stderr gets a one-line log of errors). This is the front half:
-//! every verb validates its input fully; VERSION is answered here; the others
-//! are the agent's to serve (addresses, endpoints, cleanup) and report the
-//! agent as unavailable until the agent's CNI API exists.
+//! stdout (stderr gets a one-line log of errors). Every verb validates its
+//! input fully; VERSION is answered here; STATUS, DEL and GC are served with
+//! the agent's local API (addresses); ADD and CHECK wait for the pod's
+//! interface to be made here and answer "not served yet".
 
 mod agent;
 mod config;

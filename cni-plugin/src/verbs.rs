@@ -1,20 +1,22 @@
 //! One invocation, from environment and stdin to the reply: which verb, are
 //! its variables and configuration valid, then what the verb does.
 //!
-//! Every verb but VERSION needs the agent: ADD gets the pod's address and
-//! registers the endpoint there, DEL and GC release what it holds, CHECK asks
-//! whether the endpoint is still programmed, STATUS is "can ADD be served".
-//! So once the input is valid, each reaches for the agent's socket, and
-//! while the agent cannot answer the reply is the spec's "try again later"
-//! (11) naming the socket, or 50 for STATUS. That holds for DEL too: the spec
-//! wants DEL to succeed when what it would remove is already gone, but
-//! without the agent we cannot know that, and a runtime retries a DEL that
-//! failed with 11.
+//! Every verb but VERSION needs the agent: STATUS asks whether it can give
+//! an address now, DEL releases the attachment's address, GC releases every
+//! address whose attachment the runtime no longer lists. ADD and CHECK wait
+//! for the pod's interface to be made here; until then they reach the agent
+//! (so an unreachable one is named) and answer "not served yet" (11).
+//!
+//! An agent that cannot be reached, or does not answer, is the spec's "try
+//! again later" (11) naming the socket, or 50 for STATUS. That holds for DEL
+//! too: the spec wants DEL to succeed when what it would remove is already
+//! gone, but without the agent we cannot know that, and a runtime retries a
+//! DEL that failed with 11.
 
 use serde_json::Value;
 
 use crate::{
-    agent,
+    agent::Agent,
     config::{self, NetConf},
     env::{self, Command, Env},
     error::CniError,
@@ -48,11 +50,49 @@ fn dispatch(
     let env = env::read(command, lookup)?;
     let conf = config::parse(stdin, command)?;
     check_verb_allowed(command, &conf)?;
+    let agent = Agent::new(&conf.agent_socket);
+    // Runtime logs hold many failures at once: say which attachment this is.
+    let what = match (&env.container_id, &env.ifname) {
+        (Some(id), Some(ifname)) => format!("{command} of {id}/{ifname}"),
+        _ => command.to_string(),
+    };
+    let failed = |problem| CniError::Agent {
+        what: what.clone(),
+        problem,
+    };
     match command {
-        Command::Add | Command::Del | Command::Check | Command::Gc => {
-            attachment_or_gc(command, &env, &conf)
+        Command::Status => {
+            agent.ready_for_add().map_err(CniError::NotReady)?;
+            Ok(None)
         }
-        Command::Status => Err(CniError::NotReady(agent::reach(&conf.agent_socket))),
+        Command::Del => {
+            agent.release(attachment_of(&env)).map_err(failed)?;
+            Ok(None)
+        }
+        Command::Gc => {
+            let keep = conf
+                .valid_attachments
+                .as_ref()
+                .ok_or_else(|| CniError::InvalidConfig {
+                    field: "cni.dev/valid-attachments".into(),
+                    problem: "is missing: GC frees every address not listed, so without \
+                              the list it cannot tell which pods are alive"
+                        .into(),
+                })?
+                .iter()
+                .map(|a| lash_api::Attachment::new(&a.container_id, &a.ifname))
+                .collect();
+            agent.retain(keep).map_err(failed)?;
+            Ok(None)
+        }
+        Command::Add | Command::Check => {
+            agent.status().map_err(failed)?;
+            Err(CniError::NotServedYet {
+                what,
+                verb: command,
+                socket: conf.agent_socket.clone(),
+            })
+        }
         Command::Version => unreachable!("answered above"),
     }
 }
@@ -82,21 +122,13 @@ fn check_verb_allowed(command: Command, conf: &NetConf) -> Result<(), CniError> 
     Ok(())
 }
 
-/// ADD, DEL, CHECK and GC, all of which the agent serves.
-fn attachment_or_gc(
-    command: Command,
-    env: &Env,
-    conf: &NetConf,
-) -> Result<Option<Value>, CniError> {
-    // Runtime logs hold many failures at once: say which attachment this is.
-    let what = match (&env.container_id, &env.ifname) {
-        (Some(id), Some(ifname)) => format!("{command} of {id}/{ifname}"),
-        _ => command.to_string(),
-    };
-    Err(CniError::AgentUnavailable {
-        what,
-        problem: agent::reach(&conf.agent_socket),
-    })
+/// The attachment an attachment verb is about (env::read made sure both
+/// names are there).
+fn attachment_of(env: &Env) -> lash_api::Attachment {
+    lash_api::Attachment::new(
+        env.container_id.as_deref().unwrap_or_default(),
+        env.ifname.as_deref().unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -163,6 +195,7 @@ mod tests {
 
     #[test]
     fn del_without_netns_still_needs_the_agent() {
+        // (The agent is unreachable here: the reply is 11, not success.)
         let env = [
             ("CNI_COMMAND", "DEL"),
             ("CNI_CONTAINERID", "abc"),
@@ -194,7 +227,10 @@ mod tests {
         }
         for conf in [list_conf("1.1.0"), plugin_conf("1.1.0")] {
             assert_eq!(code(&run_with(&status, &conf)), 50);
-            assert_eq!(code(&run_with(&gc, &conf)), 11);
+            assert_eq!(code(&run_with(&gc, &conf)), 7, "no attachment list");
+            let mut with_list: Value = serde_json::from_str(&conf).unwrap();
+            with_list["cni.dev/valid-attachments"] = json!([]);
+            assert_eq!(code(&run_with(&gc, &with_list.to_string())), 11);
         }
     }
 

@@ -1,9 +1,10 @@
 //! The built `lash-cni` binary against the CNI spec (1.1.0), the way a
 //! runtime drives it: `CNI_*` variables, a configuration on stdin, a result or
-//! an error object on stdout and the exit status. Until the agent serves its
-//! CNI API, every verb but VERSION ends in "agent unavailable" (11, or 50 for
-//! STATUS) once its input is valid; what is tested here is that input is
-//! judged as the spec says and that each failure names what was wrong.
+//! an error object on stdout and the exit status. No agent runs here, so
+//! every verb but VERSION ends in "agent unavailable" (11, or 50 for STATUS)
+//! once its input is valid; what is tested here is that input is judged as
+//! the spec says and that each failure names what was wrong. cni_agent.rs
+//! drives the same binary against a real agent.
 //!
 //! Needs no root. Needs the binary: `cargo build --workspace --bins`.
 
@@ -303,6 +304,18 @@ fn status_and_gc_take_the_list_at_1_1_0() {
     assert_eq!(code(&run), 11);
     assert!(msg(&run).contains(socket));
 
+    // GC without the list of live attachments cannot know what to keep.
+    let run = cni(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+        &list,
+    );
+    assert_eq!(code(&run), 7);
+    assert!(
+        msg(&run).contains("cni.dev/valid-attachments"),
+        "{}",
+        msg(&run)
+    );
+
     // The plugin-configuration shape libcni sends is accepted too.
     let plugin = with_socket(&at_version(MINIMAL_PLUGIN, "1.1.0"), socket);
     let run = cni(&[("CNI_COMMAND", "STATUS")], &plugin);
@@ -315,12 +328,18 @@ fn status_and_gc_take_the_list_at_1_1_0() {
 fn a_listener_that_is_not_our_agent_is_still_unavailable() {
     let dir = scratch("listener");
     let socket = dir.join("cni.sock");
-    let _listener = UnixListener::bind(&socket).unwrap();
+    let listener = UnixListener::bind(&socket).unwrap();
+    // Takes each connection and hangs up: no gRPC spoken here.
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
     let socket = socket.to_str().unwrap();
 
     let run = cni(&add_env("ADD"), &with_socket(MINIMAL_PLUGIN, socket));
     assert_eq!(code(&run), 11);
-    assert!(msg(&run).contains("no agent API"), "{}", msg(&run));
+    assert!(msg(&run).contains(socket), "{}", msg(&run));
 
     let list = with_socket(&at_version(MINIMAL_LIST, "1.1.0"), socket);
     let run = cni(&[("CNI_COMMAND", "STATUS")], &list);
