@@ -104,6 +104,20 @@ enum BpfCmd {
         #[command(subcommand)]
         cmd: LbCmd,
     },
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// List the lxc map: local pods (endpoint id, identity, lxc ifindex, MACs)
+    /// and the node's own addresses.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +193,18 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Table => print!("{}", cli::bpf_lb_list::table(&rows)),
                 Output::Json => print_json(&rows)?,
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Endpoint {
+                cmd: EndpointCmd::List { output },
+            },
+        } => {
+            let entries = maps::lxc::entries(&cli.bpf_root)?;
+            match output {
+                Output::Table => print!("{}", cli::bpf_endpoint_list::table(&entries)),
+                Output::Json => print_json(&entries)?,
             }
             Ok(())
         }

@@ -11,6 +11,7 @@ pub mod lb4_affinity_match;
 pub mod lb4_backends;
 pub mod lb4_reverse_nat;
 pub mod lb4_services;
+pub mod lxc;
 mod pinned;
 mod writer;
 

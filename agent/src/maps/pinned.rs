@@ -57,7 +57,7 @@ pub struct LbMaps {
     capacity: Capacity,
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn open<K: aya::Pod, V: aya::Pod>(
     root: &Path,
     def: &MapDef,
 ) -> Result<(Hash<K, V>, u32), MapsError> {
@@ -129,7 +129,7 @@ impl LbMaps {
 
 /// All entries of a map. An entry deleted while we iterate is skipped, not an
 /// error: the kernel and the agent write concurrently.
-fn collect<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn collect<K: aya::Pod, V: aya::Pod>(
     map: &Hash<K, V>,
     name: &'static str,
 ) -> Result<Vec<(K, V)>, MapsError> {
