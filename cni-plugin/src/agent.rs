@@ -26,8 +26,11 @@ use lash_api::{
 };
 use tonic::{transport::Channel, Code};
 
+/// The agent's default `--state-dir` (agent/src/main.rs).
+const AGENT_DEFAULT_STATE_DIR: &str = "/run/lash";
+
 /// Where the agent listens unless the config says otherwise: the socket
-/// under the agent's default state dir.
+/// under the agent's default state dir (a test holds the two together).
 pub const DEFAULT_SOCKET: &str = "/run/lash/cni.sock";
 
 /// How long one call may take, connecting included. The agent answers from
@@ -215,6 +218,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn default_socket_is_where_a_default_agent_listens() {
+        assert_eq!(
+            Path::new(DEFAULT_SOCKET),
+            lash_api::socket_path(Path::new(AGENT_DEFAULT_STATE_DIR))
+        );
     }
 
     #[test]
