@@ -23,6 +23,9 @@ use crate::{
     state::{self, AgentStatus},
 };
 
+/// How long calls in flight on the CNI API may take to finish at shutdown.
+const API_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 pub struct RunConfig {
     pub manifests: PathBuf,
     pub bpf_root: PathBuf,
@@ -137,9 +140,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = sigterm.recv() => Ok(()),
     };
+    // The API stops taking connections at once, but its graceful shutdown
+    // waits for every open one to close, and an idle client may never close
+    // its own: give the calls in flight a moment, then end it.
     let _ = api_stop_tx.send(()).await;
-    if !api_task.is_finished() {
-        let _ = api_task.await;
+    if !api_task.is_finished()
+        && tokio::time::timeout(API_SHUTDOWN_GRACE, &mut api_task)
+            .await
+            .is_err()
+    {
+        api_task.abort();
+        let _ = std::fs::remove_file(lash_api::socket_path(&cfg.state_dir));
     }
     // Stop the source; the owner ends once its last sender is gone, after
     // finishing the command in hand (never in the middle of a write order).

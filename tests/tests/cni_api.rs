@@ -128,8 +128,22 @@ fn addresses_are_unique_under_parallel_adds_and_freed_by_del_and_gc() {
         serde_json::from_str(&sb.agent_cli(&["status", "-o", "json"]).unwrap()).unwrap();
     assert_eq!(status["ipam"]["used"], 9, "{status}");
 
-    // Addresses survive a restart; a stopped agent leaves no socket behind.
+    // Addresses survive a restart; a stopped agent leaves no socket behind,
+    // even with a client still connected and idle (the agent must not wait
+    // for it to hang up).
+    let idle = rt.block_on(async {
+        let mut c = lash_api::connect(&socket).await.unwrap();
+        c.status(StatusRequest {}).await.unwrap();
+        c
+    });
+    let stopping = std::time::Instant::now();
     sb.stop_agent(false).unwrap();
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(10),
+        "SIGTERM took {:?} with an idle client connected",
+        stopping.elapsed()
+    );
+    drop(idle);
     assert!(!socket.exists(), "socket left after the agent stopped");
     rt.block_on(async {
         assert!(
