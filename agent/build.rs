@@ -25,8 +25,8 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=LASH_BPF_RUSTC");
 
-    let mut cmd =
-        cargo_cmd::command(&root.join("ebpf"), &target_dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = cargo_cmd::command(&root.join("ebpf"), &target_dir, "lash")
+        .unwrap_or_else(|e| panic!("{e}"));
     let status = cmd.status().expect("failed to run cargo for ebpf/");
     assert!(status.success(), "building ebpf/ failed: {status}");
 

@@ -14,9 +14,9 @@ use std::{
 
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
 
-/// `cargo build --release` of ebpf/ (every binary) for the BPF target, into
+/// `cargo build --release` of ebpf/'s binary `bin` for the BPF target, into
 /// `target_dir`; Err when Debian's rustc is missing.
-pub fn command(ebpf_dir: &Path, target_dir: &Path) -> Result<Command, String> {
+pub fn command(ebpf_dir: &Path, target_dir: &Path, bin: &str) -> Result<Command, String> {
     let rustc = env::var("LASH_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     if !Path::new(&rustc).exists() {
         return Err(format!(
@@ -32,6 +32,7 @@ pub fn command(ebpf_dir: &Path, target_dir: &Path) -> Result<Command, String> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(ebpf_dir)
         .args(["build", "--release", "--locked", "--target", BPF_TARGET])
+        .args(["--bin", bin])
         .arg("--target-dir")
         .arg(target_dir);
     // Start from a clean slate: the variables cargo sets for a build script or

@@ -40,7 +40,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
-        default_value = "/run/lash",
+        default_value = lash_api::DEFAULT_STATE_DIR,
         env = "LASH_STATE_DIR"
     )]
     state_dir: PathBuf,

@@ -91,7 +91,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         ..Default::default()
     }));
     let publish = {
-        let (status, ipam, state_dir) = (status.clone(), ipam.clone(), cfg.state_dir.clone());
+        // IPAM use is the API's to update: the map owner never waits on the
+        // IPAM lock (held while its file is synced).
+        let (status, state_dir) = (status.clone(), cfg.state_dir.clone());
         move |snap: &datapath::Snapshot| {
             let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
             status.syncs = snap.syncs;
@@ -102,7 +104,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             status.backends = snap.backends;
             status.errors = snap.errors.clone();
             status.warnings = snap.warnings.clone();
-            status.ipam = ipam.as_ref().map(|i| i.usage());
             if let Err(e) = state::write_status(&state_dir, &status) {
                 warn!("writing status to {}: {e}", state_dir.display());
             }
@@ -149,8 +150,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             .await
             .is_err()
     {
+        // Dropping the serving future unlinks the socket.
         api_task.abort();
-        let _ = std::fs::remove_file(lash_api::socket_path(&cfg.state_dir));
+        let _ = (&mut api_task).await;
     }
     // Stop the source; the owner ends once its last sender is gone, after
     // finishing the command in hand (never in the middle of a write order).

@@ -1,5 +1,5 @@
-//! What the running agent tells the CLI through --state-dir: its pid and the
-//! outcome of its last reconcile. The maps themselves are the datapath's state;
+//! What the running agent tells the CLI through --state-dir: its pid, the
+//! outcome of its last reconcile and its IPAM use. The maps themselves are the datapath's state;
 //! this is only the agent's.
 
 use std::{
@@ -45,7 +45,7 @@ pub fn status_path(state_dir: &Path) -> PathBuf {
 
 /// Written to a temporary file and renamed, so a reader never sees half of it.
 /// Not synced to disk: it describes a running process and is rewritten on
-/// every reconcile, so an fsync would only slow the reconcile down.
+/// every reconcile and IPAM change, so an fsync would only slow those down.
 pub fn write_status(state_dir: &Path, status: &AgentStatus) -> std::io::Result<()> {
     fs::create_dir_all(state_dir)?;
     let tmp = state_dir.join(".status.json.tmp");

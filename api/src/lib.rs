@@ -9,6 +9,10 @@ pub mod v1 {
 
 pub use v1::Attachment;
 
+/// The agent's `--state-dir` unless told otherwise; lash-cni looks for the
+/// socket under it by default.
+pub const DEFAULT_STATE_DIR: &str = "/run/lash";
+
 /// Name of the socket under the agent's `--state-dir`.
 pub const SOCKET_NAME: &str = "cni.sock";
 
@@ -25,10 +29,15 @@ impl Attachment {
         }
     }
 
-    /// The key IPAM and the endpoint table hold an attachment by (and the
-    /// input of its lxc name): `containerID:ifname`.
+    /// The key IPAM holds an attachment's address by: `containerID:ifname`.
     pub fn owner(&self) -> String {
         format!("{}:{}", self.container_id, self.ifname)
+    }
+
+    /// The attachment of an `owner()` key (interface names have no colon).
+    pub fn from_owner(owner: &str) -> Self {
+        let (container_id, ifname) = owner.rsplit_once(':').unwrap_or((owner, ""));
+        Attachment::new(container_id, ifname)
     }
 }
 

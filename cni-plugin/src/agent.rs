@@ -26,12 +26,11 @@ use lash_api::{
 };
 use tonic::{transport::Channel, Code};
 
-/// The agent's default `--state-dir` (agent/src/main.rs).
-const AGENT_DEFAULT_STATE_DIR: &str = "/run/lash";
-
 /// Where the agent listens unless the config says otherwise: the socket
-/// under the agent's default state dir (a test holds the two together).
-pub const DEFAULT_SOCKET: &str = "/run/lash/cni.sock";
+/// under the agent's default state dir.
+pub fn default_socket() -> PathBuf {
+    lash_api::socket_path(Path::new(lash_api::DEFAULT_STATE_DIR))
+}
 
 /// How long one call may take, connecting included. The agent answers from
 /// memory and one fsync of its IPAM file; ten seconds is an agent in
@@ -222,10 +221,7 @@ mod tests {
 
     #[test]
     fn default_socket_is_where_a_default_agent_listens() {
-        assert_eq!(
-            Path::new(DEFAULT_SOCKET),
-            lash_api::socket_path(Path::new(AGENT_DEFAULT_STATE_DIR))
-        );
+        assert_eq!(default_socket(), Path::new("/run/lash/cni.sock"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! JSON (6), then `cniVersion` (7 if missing, 1 if we do not speak it), then
 //! the rest (7), each naming its field.
 
+use lash_api::Attachment;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
@@ -32,13 +33,6 @@ pub const PLUGIN_TYPE: &str = "lash-cni";
 pub enum Shape {
     Plugin,
     List,
-}
-
-/// An attachment the runtime says is still alive (GC).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    pub container_id: String,
-    pub ifname: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +142,7 @@ pub fn parse(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
     };
 
     let agent_socket = match string_field(plugin, "agentSocket", &at)? {
-        None => PathBuf::from(agent::DEFAULT_SOCKET),
+        None => agent::default_socket(),
         Some(s) if s.starts_with('/') => PathBuf::from(s),
         Some(s) => {
             return Err(invalid(
@@ -244,10 +238,7 @@ fn attachments(top: &Map<String, Value>) -> Result<Option<Vec<Attachment>>, CniE
                 .map(str::to_string)
                 .ok_or_else(|| invalid(format!("{at}.{name}"), "is missing"))
         };
-        out.push(Attachment {
-            container_id: field("containerID")?,
-            ifname: field("ifname")?,
-        });
+        out.push(Attachment::new(&field("containerID")?, &field("ifname")?));
     }
     Ok(Some(out))
 }
@@ -445,10 +436,7 @@ mod tests {
             let c = parse_json(conf, Command::Gc).unwrap();
             assert_eq!(
                 c.valid_attachments,
-                Some(vec![Attachment {
-                    container_id: "abc".into(),
-                    ifname: "eth0".into()
-                }])
+                Some(vec![Attachment::new("abc", "eth0")])
             );
         }
         let c = parse_json(

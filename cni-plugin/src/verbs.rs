@@ -72,16 +72,13 @@ fn dispatch(
         Command::Gc => {
             let keep = conf
                 .valid_attachments
-                .as_ref()
+                .clone()
                 .ok_or_else(|| CniError::InvalidConfig {
                     field: "cni.dev/valid-attachments".into(),
                     problem: "is missing: GC frees every address not listed, so without \
                               the list it cannot tell which pods are alive"
                         .into(),
-                })?
-                .iter()
-                .map(|a| lash_api::Attachment::new(&a.container_id, &a.ifname))
-                .collect();
+                })?;
             agent.retain(keep).map_err(failed)?;
             Ok(None)
         }

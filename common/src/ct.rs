@@ -1,6 +1,6 @@
 //! Keys and values of the connection tracking maps (`ct4_global` for TCP,
-//! `ct_any4_global` for the rest), and the lifetimes the agent's collector
-//! and the programs agree on.
+//! `ct_any4_global` for the rest), and the lifetimes the programs and the
+//! agent's expiry sweep will agree on (both come with the tc IPv4 path).
 
 use core::mem::{offset_of, size_of};
 

@@ -45,7 +45,7 @@ pub struct EndpointInfo {
     /// The host-side lxc veth.
     pub ifindex: u32,
     pub unused: u16,
-    /// The endpoint id (`agent endpoint list`'s ENDPOINT column).
+    /// The endpoint id (`id=` in `agent bpf endpoint list`).
     pub lxc_id: u16,
     /// [`ENDPOINT_F_HOST`] or 0.
     pub flags: u32,

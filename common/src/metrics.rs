@@ -34,7 +34,7 @@ pub const DROP_TTL_EXCEEDED: u8 = 196;
 pub const DROP_HOST_NOT_READY: u8 = 202;
 pub const DROP_EP_NOT_READY: u8 = 203;
 
-/// What `agent bpf metrics list` prints for a reason code.
+/// A reason code's name, for the metrics listing the tc work adds.
 pub const fn reason_name(reason: u8) -> &'static str {
     match reason {
         REASON_FORWARDED => "Forwarded",

@@ -13,19 +13,18 @@ use aya_ebpf::{
 
 use crate::arp;
 
-const ETH_P_IP: u16 = 0x0800;
-
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
     // The EtherType, at offset 12 of the Ethernet header, network order.
     let Ok(proto) = ctx.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
         return TC_ACT_SHOT as i32;
     };
-    match proto {
-        arp::ETH_P_ARP => arp::respond(&ctx),
-        ETH_P_IP => TC_ACT_OK as i32,
-        // IPv6 and the rest are not served yet: pass them to the stack
-        // rather than drop what a pod's own tooling may need.
-        _ => TC_ACT_OK as i32,
+    // IPv4 goes to the stack until its path lands here; IPv6 and the rest
+    // are not served yet and pass too, rather than drop what a pod's own
+    // tooling may need.
+    if proto == arp::ETH_P_ARP {
+        arp::respond(&ctx)
+    } else {
+        TC_ACT_OK as i32
     }
 }

@@ -18,7 +18,7 @@ pub fn object(bin: &str) -> anyhow::Result<Vec<u8>> {
         .unwrap_or_else(|| root.join("target"))
         .join("ebpf");
     let mut cmd =
-        cargo_cmd::command(&root.join("ebpf"), &target_dir).map_err(anyhow::Error::msg)?;
+        cargo_cmd::command(&root.join("ebpf"), &target_dir, bin).map_err(anyhow::Error::msg)?;
     let status = cmd.status().context("running cargo for ebpf/")?;
     if !status.success() {
         bail!("building ebpf/ failed ({status})");

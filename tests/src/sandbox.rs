@@ -10,6 +10,7 @@
 //! so an untranslated packet goes nowhere (and is counted on the way).
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader},
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -72,6 +73,26 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").args(args))
+}
+
+/// `bpftool -j ARGS`, parsed; an empty answer (an update, a cgroup with
+/// nothing attached) is Null. Panics with bpftool's message on failure: this
+/// is test support, and the test should stop there.
+pub fn bpftool<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> serde_json::Value {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
 }
 
 /// Polls `f` every 5 ms until it returns Some or `timeout` passes.
@@ -348,6 +369,35 @@ impl Sandbox {
     /// Waits until the agent has finished a reconcile that started after now.
     pub fn wait_synced_after(&self, since: u64, timeout: Duration) -> bool {
         wait_for(timeout, || (self.syncs() > since).then_some(())).is_some()
+    }
+
+    /// bpftool's view of the map pinned as `name` under the sandbox's bpffs.
+    pub fn map_show(&self, name: &str) -> serde_json::Value {
+        bpftool([
+            OsStr::new("map"),
+            OsStr::new("show"),
+            OsStr::new("pinned"),
+            self.bpf_root.join(name).as_os_str(),
+        ])
+    }
+
+    /// Programs attached to the sandbox's cgroup, by the kernel's account.
+    pub fn attached_programs(&self) -> usize {
+        bpftool([
+            OsStr::new("cgroup"),
+            OsStr::new("show"),
+            self.cgroup.as_os_str(),
+        ])
+        .as_array()
+        .map_or(0, Vec::len)
+    }
+
+    /// `agent status -o json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self
+            .agent_cli(&["status", "-o", "json"])
+            .expect("agent status");
+        serde_json::from_str(&out).expect("agent status -o json")
     }
 
     /// IPv4 packets the node sent towards the service range untranslated.

@@ -4,28 +4,23 @@
 //! test checks the decoding against the layout, not against our own encoder.
 //! Needs root; `cargo xtask test` runs it.
 
-use std::process::Command;
-
-use lash_tests::sandbox::Sandbox;
+use lash_tests::sandbox::{bpftool, Sandbox};
 use serde_json::{json, Value};
 
 fn update(sb: &Sandbox, key: &str, value: &str) {
-    let out = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(sb.bpf_root.join("lxc"))
-        .arg("key")
-        .args(["hex"])
-        .args(key.split_whitespace())
-        .arg("value")
-        .args(["hex"])
-        .args(value.split_whitespace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = sb.bpf_root.join("lxc");
+    let mut args = vec![
+        "map",
+        "update",
+        "pinned",
+        path.to_str().unwrap(),
+        "key",
+        "hex",
+    ];
+    args.extend(key.split_whitespace());
+    args.extend(["value", "hex"]);
+    args.extend(value.split_whitespace());
+    bpftool(args);
 }
 
 #[test]
@@ -73,7 +68,7 @@ fn the_lxc_map_lists_as_cilium_shows_it() {
     );
     assert_eq!(json[1]["host"], true);
     // The agent's status counts the map like any other.
-    let status = sb.agent_cli(&["status", "-o", "json"]).unwrap();
+    let status = sb.status_json().to_string();
     assert!(status.contains("\"lxc\""), "{status}");
     sb.stop_agent(false).unwrap();
 }

@@ -5,88 +5,26 @@
 //! nothing left to free; an agent without a pod CIDR is named as such.
 //! Needs root (the sandbox); `cargo xtask test` runs it.
 
-use std::{
-    io::Write,
-    net::Ipv4Addr,
-    process::{Command, Stdio},
-};
+use std::net::Ipv4Addr;
 
 use lash_api::{
     v1::{AllocateAddressRequest, StatusRequest},
     Attachment,
 };
-use lash_tests::sandbox::{bin, Sandbox};
+use lash_tests::{cni::CniRun, sandbox::Sandbox};
 use serde_json::{json, Value};
 
 const CIDR: &str = "10.244.11.0/24";
 
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The CNI error code, after checking the run failed with an error
-    /// object on stdout.
-    fn code(&self) -> u64 {
-        assert!(!self.success, "expected failure: {}", self.stdout);
-        let err: Value = serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not an error object ({e}): {:?}", self.stdout));
-        err["code"].as_u64().expect("code")
-    }
-
-    fn msg(&self) -> String {
-        let err: Value = serde_json::from_str(self.stdout.trim()).unwrap();
-        err["msg"].as_str().unwrap_or_default().to_string()
-    }
-
-    /// Success as the spec wants it for DEL, GC and STATUS: exit 0, nothing
-    /// on stdout.
-    fn assert_quiet_success(&self, what: &str) {
-        assert!(
-            self.success && self.stdout.trim().is_empty(),
-            "{what}: expected a silent success, got stdout {:?} stderr {:?}",
-            self.stdout,
-            self.stderr
-        );
-    }
-}
-
-fn cni(vars: &[(&str, &str)], stdin: &Value) -> Run {
-    let path = bin("lash-cni");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    let mut child = Command::new(&path)
-        .env_clear()
-        .envs(vars.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lash-cni");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Run {
-        success: out.status.success(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+fn cni(vars: &[(&str, &str)], stdin: &Value) -> CniRun {
+    lash_tests::cni::run(vars, &stdin.to_string())
 }
 
 fn id(i: usize) -> String {
     format!("{i:064x}")
 }
 
-fn del(conf: &Value, i: usize) -> Run {
+fn del(conf: &Value, i: usize) -> CniRun {
     let container = id(i);
     // No CNI_NETNS: the runtime leaves it out once the namespace is gone.
     cni(
@@ -108,9 +46,7 @@ fn allocations(sb: &Sandbox) -> serde_json::Map<String, Value> {
 }
 
 fn ipam_used(sb: &Sandbox) -> Value {
-    let status: Value =
-        serde_json::from_str(&sb.agent_cli(&["status", "-o", "json"]).unwrap()).unwrap();
-    status["ipam"]["used"].clone()
+    sb.status_json()["ipam"]["used"].clone()
 }
 
 /// A runtime for one use of the API client, dropped right after: the

@@ -124,8 +124,7 @@ fn addresses_are_unique_under_parallel_adds_and_freed_by_del_and_gc() {
     });
 
     // The status the agent publishes follows the API's changes.
-    let status: Value =
-        serde_json::from_str(&sb.agent_cli(&["status", "-o", "json"]).unwrap()).unwrap();
+    let status: Value = sb.status_json();
     assert_eq!(status["ipam"]["used"], 9, "{status}");
 
     // Addresses survive a restart; a stopped agent leaves no socket behind,

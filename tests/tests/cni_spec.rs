@@ -8,81 +8,13 @@
 //!
 //! Needs no root. Needs the binary: `cargo build --workspace --bins`.
 
-use std::{
-    io::Write,
-    os::unix::net::UnixListener,
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{os::unix::net::UnixListener, path::PathBuf};
 
-use lash_tests::sandbox::bin;
+use lash_tests::cni::CniRun;
 use serde_json::{json, Value};
 
-struct Run {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the plugin with exactly `vars` as its environment.
-fn cni(vars: &[(&str, &str)], stdin: &str) -> Run {
-    let path = bin("lash-cni");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    let mut child = Command::new(&path)
-        .env_clear()
-        .envs(vars.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lash-cni");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Run {
-        status: out.status,
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-/// The error object of a failed run, after checking the spec's shape: a
-/// non-zero exit, one JSON object on stdout with `cniVersion`, `code`, `msg`
-/// and `details`.
-fn error_of(run: &Run) -> Value {
-    assert!(
-        !run.status.success(),
-        "expected failure, got success: {}",
-        run.stdout
-    );
-    let err: Value = serde_json::from_str(run.stdout.trim())
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {:?}", run.stdout));
-    for key in ["cniVersion", "msg", "details"] {
-        assert!(err[key].is_string(), "{key} missing or not a string: {err}");
-    }
-    assert!(err["code"].is_u64(), "code missing: {err}");
-    assert!(
-        run.stderr.contains("lash-cni: error"),
-        "stderr has no log line: {:?}",
-        run.stderr
-    );
-    err
-}
-
-fn code(run: &Run) -> u64 {
-    error_of(run)["code"].as_u64().unwrap()
-}
-
-fn msg(run: &Run) -> String {
-    error_of(run)["msg"].as_str().unwrap().to_string()
+fn cni(vars: &[(&str, &str)], stdin: &str) -> CniRun {
+    lash_tests::cni::run(vars, stdin)
 }
 
 const MINIMAL_PLUGIN: &str = r#"{"cniVersion":"1.0.0","name":"lash","type":"lash-cni"}"#;
@@ -127,7 +59,7 @@ fn at_version(conf: &str, version: &str) -> String {
 #[test]
 fn version_lists_what_we_speak_in_the_requested_version() {
     let run = cni(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
-    assert!(run.status.success(), "{}", run.stdout);
+    assert!(run.success, "{}", run.stdout);
     let v: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(
         v,
@@ -136,7 +68,7 @@ fn version_lists_what_we_speak_in_the_requested_version() {
     );
 
     let run = cni(&[("CNI_COMMAND", "VERSION")], "");
-    assert!(run.status.success());
+    assert!(run.success);
     let v: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v["cniVersion"], "1.1.0");
 }
@@ -144,19 +76,19 @@ fn version_lists_what_we_speak_in_the_requested_version() {
 #[test]
 fn environment_errors_are_4_and_name_the_variables() {
     let run = cni(&[], MINIMAL_PLUGIN);
-    assert_eq!(code(&run), 4);
-    assert!(msg(&run).contains("CNI_COMMAND"));
+    assert_eq!(run.code(), 4);
+    assert!(run.msg().contains("CNI_COMMAND"));
 
     let run = cni(&[("CNI_COMMAND", "SETUP")], MINIMAL_PLUGIN);
-    assert_eq!(code(&run), 4);
-    assert!(error_of(&run)["details"]
+    assert_eq!(run.code(), 4);
+    assert!(run.error()["details"]
         .as_str()
         .unwrap()
         .contains("\"SETUP\""));
 
     let run = cni(&[("CNI_COMMAND", "ADD")], MINIMAL_PLUGIN);
-    assert_eq!(code(&run), 4);
-    let m = msg(&run);
+    assert_eq!(run.code(), 4);
+    let m = run.msg();
     for var in ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
         assert!(m.contains(var), "{var} not in {m:?}");
     }
@@ -165,20 +97,20 @@ fn environment_errors_are_4_and_name_the_variables() {
     env.retain(|(k, _)| *k != "CNI_IFNAME");
     env.push(("CNI_IFNAME", "eth0:1"));
     let run = cni(&env, MINIMAL_PLUGIN);
-    assert_eq!(code(&run), 4);
-    assert_eq!(msg(&run), "invalid environment: CNI_IFNAME");
+    assert_eq!(run.code(), 4);
+    assert_eq!(run.msg(), "invalid environment: CNI_IFNAME");
 
     // GC needs CNI_PATH and nothing about an attachment.
     let run = cni(&[("CNI_COMMAND", "GC")], &at_version(MINIMAL_LIST, "1.1.0"));
-    assert_eq!(code(&run), 4);
-    assert!(msg(&run).contains("CNI_PATH"));
+    assert_eq!(run.code(), 4);
+    assert!(run.msg().contains("CNI_PATH"));
 }
 
 #[test]
 fn undecodable_configuration_is_6() {
     for stdin in ["", "{", "not json", "[]", "\"lash\""] {
         let run = cni(&add_env("ADD"), stdin);
-        assert_eq!(code(&run), 6, "{stdin:?}");
+        assert_eq!(run.code(), 6, "{stdin:?}");
     }
 }
 
@@ -201,8 +133,8 @@ fn invalid_configuration_is_7_and_names_the_field() {
     ];
     for (conf, field) in cases {
         let run = cni(&add_env("ADD"), conf);
-        assert_eq!(code(&run), 7, "{conf}");
-        let m = msg(&run);
+        assert_eq!(run.code(), 7, "{conf}");
+        let m = run.msg();
         assert!(m.contains(field), "{field} not in {m:?}");
     }
 }
@@ -211,32 +143,32 @@ fn invalid_configuration_is_7_and_names_the_field() {
 fn unsupported_versions_are_1() {
     for v in ["0.2.0", "1.2.0"] {
         let run = cni(&add_env("ADD"), &at_version(MINIMAL_PLUGIN, v));
-        assert_eq!(code(&run), 1, "{v}");
-        assert!(msg(&run).contains(v));
+        assert_eq!(run.code(), 1, "{v}");
+        assert!(run.msg().contains(v));
         // Answered in the latest version, since we do not speak the asked one.
-        assert_eq!(error_of(&run)["cniVersion"], "1.1.0");
+        assert_eq!(run.error()["cniVersion"], "1.1.0");
     }
     // CHECK is 0.4.0's; STATUS and GC are 1.1.0's.
     let run = cni(&add_env("CHECK"), &at_version(MINIMAL_PLUGIN, "0.3.1"));
-    assert_eq!(code(&run), 1);
+    assert_eq!(run.code(), 1);
     let run = cni(&[("CNI_COMMAND", "STATUS")], MINIMAL_LIST);
-    assert_eq!(code(&run), 1);
-    assert!(msg(&run).contains("1.1.0"));
+    assert_eq!(run.code(), 1);
+    assert!(run.msg().contains("1.1.0"));
     let run = cni(
         &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
         MINIMAL_LIST,
     );
-    assert_eq!(code(&run), 1);
+    assert_eq!(run.code(), 1);
 }
 
 #[test]
 fn minimal_add_is_accepted_and_waits_for_the_agent() {
     let run = cni(&add_env("ADD"), MINIMAL_PLUGIN);
-    assert_eq!(code(&run), 11);
-    let err = error_of(&run);
+    assert_eq!(run.code(), 11);
+    let err = run.error();
     // Answered in the configuration's own version.
     assert_eq!(err["cniVersion"], "1.0.0");
-    let m = msg(&run);
+    let m = run.msg();
     assert!(m.contains(DEFAULT_SOCKET), "{m}");
     assert!(m.contains("ADD of 3f2b9c0e1d4a/eth0"), "{m}");
 }
@@ -249,9 +181,9 @@ fn attachment_verbs_name_the_socket_they_could_not_reach() {
     let conf = with_socket(MINIMAL_PLUGIN, socket);
 
     let run = cni(&add_env("ADD"), &conf);
-    assert_eq!(code(&run), 11);
-    assert!(msg(&run).contains(socket));
-    assert!(error_of(&run)["details"]
+    assert_eq!(run.code(), 11);
+    assert!(run.msg().contains(socket));
+    assert!(run.error()["details"]
         .as_str()
         .unwrap()
         .contains("No such file"));
@@ -265,7 +197,7 @@ fn attachment_verbs_name_the_socket_they_could_not_reach() {
         ],
         &conf,
     );
-    assert_eq!(code(&run), 11);
+    assert_eq!(run.code(), 11);
 
     let mut check: Value = serde_json::from_str(&conf).unwrap();
     check["prevResult"] = json!({
@@ -274,11 +206,11 @@ fn attachment_verbs_name_the_socket_they_could_not_reach() {
         "ips": [{"address": "10.244.1.5/32", "gateway": "10.244.1.1", "interface": 0}]
     });
     let run = cni(&add_env("CHECK"), &check.to_string());
-    assert_eq!(code(&run), 11);
+    assert_eq!(run.code(), 11);
     // CHECK without prevResult is an invalid configuration.
     let run = cni(&add_env("CHECK"), &conf);
-    assert_eq!(code(&run), 7);
-    assert!(msg(&run).contains("prevResult"));
+    assert_eq!(run.code(), 7);
+    assert!(run.msg().contains("prevResult"));
 
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -291,9 +223,9 @@ fn status_and_gc_take_the_list_at_1_1_0() {
     let list = with_socket(&at_version(MINIMAL_LIST, "1.1.0"), socket);
 
     let run = cni(&[("CNI_COMMAND", "STATUS")], &list);
-    assert_eq!(code(&run), 50);
-    assert!(msg(&run).contains(socket));
-    assert_eq!(error_of(&run)["cniVersion"], "1.1.0");
+    assert_eq!(run.code(), 50);
+    assert!(run.msg().contains(socket));
+    assert_eq!(run.error()["cniVersion"], "1.1.0");
 
     let mut gc: Value = serde_json::from_str(&list).unwrap();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "3f2b9c0e1d4a", "ifname": "eth0"}]);
@@ -301,25 +233,25 @@ fn status_and_gc_take_the_list_at_1_1_0() {
         &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
         &gc.to_string(),
     );
-    assert_eq!(code(&run), 11);
-    assert!(msg(&run).contains(socket));
+    assert_eq!(run.code(), 11);
+    assert!(run.msg().contains(socket));
 
     // GC without the list of live attachments cannot know what to keep.
     let run = cni(
         &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
         &list,
     );
-    assert_eq!(code(&run), 7);
+    assert_eq!(run.code(), 7);
     assert!(
-        msg(&run).contains("cni.dev/valid-attachments"),
+        run.msg().contains("cni.dev/valid-attachments"),
         "{}",
-        msg(&run)
+        run.msg()
     );
 
     // The plugin-configuration shape libcni sends is accepted too.
     let plugin = with_socket(&at_version(MINIMAL_PLUGIN, "1.1.0"), socket);
     let run = cni(&[("CNI_COMMAND", "STATUS")], &plugin);
-    assert_eq!(code(&run), 50);
+    assert_eq!(run.code(), 50);
 
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -338,12 +270,12 @@ fn a_listener_that_is_not_our_agent_is_still_unavailable() {
     let socket = socket.to_str().unwrap();
 
     let run = cni(&add_env("ADD"), &with_socket(MINIMAL_PLUGIN, socket));
-    assert_eq!(code(&run), 11);
-    assert!(msg(&run).contains(socket), "{}", msg(&run));
+    assert_eq!(run.code(), 11);
+    assert!(run.msg().contains(socket), "{}", run.msg());
 
     let list = with_socket(&at_version(MINIMAL_LIST, "1.1.0"), socket);
     let run = cni(&[("CNI_COMMAND", "STATUS")], &list);
-    assert_eq!(code(&run), 50);
+    assert_eq!(run.code(), 50);
 
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -8,16 +8,12 @@ use serde_json::{json, Value};
 
 const CIDR: &str = "10.244.7.0/24";
 
-fn status_json(sb: &Sandbox) -> Value {
-    serde_json::from_str(&sb.agent_cli(&["status", "-o", "json"]).unwrap()).unwrap()
-}
-
 #[test]
 fn status_shows_the_pod_range_and_another_range_is_refused() {
     let mut sb = Sandbox::new("ipam", 0).expect("sandbox");
     sb.start_agent(&["--pod-cidr", CIDR]).expect("agent");
 
-    let status = status_json(&sb);
+    let status = sb.status_json();
     assert_eq!(
         status["ipam"],
         json!({"cidr": CIDR, "gateway": "10.244.7.1", "used": 0, "total": 253}),
@@ -57,6 +53,6 @@ fn status_shows_the_pod_range_and_another_range_is_refused() {
 
     // Without --pod-cidr there is no IPAM, and status says so.
     sb.start_agent(&[]).expect("agent without IPAM");
-    assert_eq!(status_json(&sb)["ipam"], Value::Null);
+    assert_eq!(sb.status_json()["ipam"], Value::Null);
     assert!(!sb.agent_cli(&["status"]).unwrap().contains("IPAM"));
 }

@@ -13,7 +13,6 @@ use lash_tests::{
     manifests::{endpoint_slice, service, Cond},
     sandbox::Sandbox,
 };
-use serde_json::Value;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const HTTP: &str = "10.96.0.10:80";
@@ -54,12 +53,8 @@ fn run_until_crash(sb: &Sandbox, failpoint: &str) -> Output {
     out
 }
 
-fn status(sb: &Sandbox) -> Value {
-    serde_json::from_str(&sb.agent_cli(&["status", "-o", "json"]).unwrap()).unwrap()
-}
-
 fn map_entries(sb: &Sandbox, name: &str) -> u64 {
-    status(sb)["maps"]
+    sb.status_json()["maps"]
         .as_array()
         .unwrap()
         .iter()
@@ -67,19 +62,6 @@ fn map_entries(sb: &Sandbox, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in agent status"))["entries"]
         .as_u64()
         .unwrap()
-}
-
-/// Programs attached to the sandbox's cgroup, by the kernel's account.
-fn attached_programs(sb: &Sandbox) -> usize {
-    let out = Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(&sb.cgroup)
-        .output()
-        .unwrap();
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().map(Vec::len))
-        .unwrap_or(0)
 }
 
 fn link_pins(sb: &Sandbox) -> Vec<String> {
@@ -125,8 +107,8 @@ fn second_agent_and_uninstall_are_refused_while_an_agent_runs() {
         "{err}"
     );
     // The refused agent attached nothing: one program per hook, as before.
-    let hooks = status(&sb)["attached_hooks"].as_array().unwrap().len();
-    assert_eq!(attached_programs(&sb), hooks);
+    let hooks = sb.status_json()["attached_hooks"].as_array().unwrap().len();
+    assert_eq!(sb.attached_programs(), hooks);
 
     let out = sb.agent_cmd().arg("uninstall").output().unwrap();
     assert!(
@@ -142,14 +124,14 @@ fn second_agent_and_uninstall_are_refused_while_an_agent_runs() {
 
     sb.agent_cli(&["uninstall", "--force"]).unwrap();
     assert!(!sb.bpf_root.exists(), "pins left: {:?}", link_pins(&sb));
-    assert_eq!(attached_programs(&sb), 0);
+    assert_eq!(sb.attached_programs(), 0);
     sb.stop_agent(false).unwrap();
 }
 
 #[test]
 fn crash_in_the_middle_of_a_hand_over_is_finished_by_the_next_agent() {
     let mut sb = web("handover");
-    let hooks = status(&sb)["attached_hooks"].as_array().unwrap().len();
+    let hooks = sb.status_json()["attached_hooks"].as_array().unwrap().len();
     let first_hook = "connect4";
     sb.stop_agent(false).unwrap();
 
@@ -157,7 +139,7 @@ fn crash_in_the_middle_of_a_hand_over_is_finished_by_the_next_agent() {
     run_until_crash(&sb, "hand-over-pinned-new");
     let pins = link_pins(&sb);
     assert!(pins.contains(&format!("{first_hook}_new")), "{pins:?}");
-    assert_eq!(attached_programs(&sb), hooks + 1);
+    assert_eq!(sb.attached_programs(), hooks + 1);
     assert!(serves(&sb));
     sb.start_agent(&[]).unwrap();
     assert!(
@@ -166,7 +148,7 @@ fn crash_in_the_middle_of_a_hand_over_is_finished_by_the_next_agent() {
         link_pins(&sb)
     );
     assert_eq!(
-        attached_programs(&sb),
+        sb.attached_programs(),
         hooks,
         "the half-done link was retired"
     );
@@ -185,7 +167,7 @@ fn crash_in_the_middle_of_a_hand_over_is_finished_by_the_next_agent() {
     // uninstall (no agent running) removes that pin too.
     sb.agent_cli(&["uninstall"]).unwrap();
     assert!(!sb.bpf_root.exists());
-    assert_eq!(attached_programs(&sb), 0);
+    assert_eq!(sb.attached_programs(), 0);
 
     // And the same crash, then a restart, finishes the rename.
     sb.start_agent(&[]).unwrap();
@@ -194,9 +176,9 @@ fn crash_in_the_middle_of_a_hand_over_is_finished_by_the_next_agent() {
     sb.start_agent(&[]).unwrap();
     let pins = link_pins(&sb);
     assert!(!pins.iter().any(|p| p.ends_with("_new")), "{pins:?}");
-    assert_eq!(attached_programs(&sb), hooks);
+    assert_eq!(sb.attached_programs(), hooks);
     assert_eq!(
-        status(&sb)["attached_hooks"].as_array().unwrap().len(),
+        sb.status_json()["attached_hooks"].as_array().unwrap().len(),
         hooks
     );
     assert!(serves(&sb));
@@ -230,6 +212,6 @@ fn crash_after_a_new_services_first_write_leaves_nothing_after_restart() {
     sb.start_agent(&[]).unwrap();
     assert_eq!(map_entries(&sb, "lb4_reverse_nat"), rev_nat);
     assert_eq!(map_entries(&sb, "lb4_affinity_match"), matches);
-    assert!(status(&sb)["errors"].as_array().unwrap().is_empty());
+    assert!(sb.status_json()["errors"].as_array().unwrap().is_empty());
     assert!(serves(&sb));
 }

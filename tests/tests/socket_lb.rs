@@ -218,17 +218,7 @@ fn udp_sticks_to_one_backend_and_replies_come_from_the_vip() {
 fn map_ids(sb: &Sandbox) -> BTreeMap<String, u64> {
     let mut ids = BTreeMap::new();
     for m in ["lb4_services", "lb4_backends", "lb4_reverse_nat"] {
-        let out = std::process::Command::new("bpftool")
-            .args(["-j", "map", "show", "pinned"])
-            .arg(sb.bpf_root.join(m))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "bpftool: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = sb.map_show(m);
         ids.insert(m.to_string(), v["id"].as_u64().unwrap());
     }
     ids
@@ -287,24 +277,13 @@ fn agent_restart_keeps_maps_and_established_connections() {
         "the established connection kept its backend"
     );
     // Only one program per hook after the hand-over.
-    let status: Value =
-        serde_json::from_str(&sb.agent_cli(&["status", "-o", "json"]).unwrap()).unwrap();
+    let status: Value = sb.status_json();
     assert_eq!(status["agent_running"], true);
     // connect, sendmsg, recvmsg and getpeername, each for AF_INET and for
     // AF_INET6 sockets (v4-mapped addresses).
     let hooks = status["attached_hooks"].as_array().unwrap().len();
     assert_eq!(hooks, 8, "{status}");
-    let progs = std::process::Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(&sb.cgroup)
-        .output()
-        .unwrap();
-    let progs: Value = serde_json::from_slice(&progs.stdout).unwrap();
-    assert_eq!(
-        progs.as_array().unwrap().len(),
-        hooks,
-        "old links retired: {progs}"
-    );
+    assert_eq!(sb.attached_programs(), hooks, "old links retired");
 
     drop(stdin);
     let _ = hold.wait();
@@ -321,8 +300,7 @@ fn malformed_manifest_is_reported_and_loses_nothing() {
     )
     .unwrap();
     assert!(sb.wait_synced_after(syncs, Duration::from_secs(5)));
-    let status: Value =
-        serde_json::from_str(&sb.agent_cli(&["status", "-o", "json"]).unwrap()).unwrap();
+    let status: Value = sb.status_json();
     let errors = status["errors"].to_string();
     assert!(
         errors.contains("web.yaml") && errors.contains("document 1"),
@@ -420,17 +398,7 @@ fn uninstall_detaches_the_programs_and_removes_the_pins() {
         "pins left under {}",
         sb.bpf_root.display()
     );
-    let progs = std::process::Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(&sb.cgroup)
-        .output()
-        .unwrap();
-    let progs: Value = serde_json::from_slice(&progs.stdout).unwrap_or(Value::Array(vec![]));
-    assert_eq!(
-        progs.as_array().map_or(0, Vec::len),
-        0,
-        "still attached: {progs}"
-    );
+    assert_eq!(sb.attached_programs(), 0, "still attached");
     // The VIP is an ordinary address again: the connect goes out untranslated
     // (into the sandbox's sink) instead of reaching a pod.
     let sink_before = sb.sink_tx_packets().unwrap();

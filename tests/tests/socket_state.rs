@@ -6,15 +6,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    ffi::OsStr,
     io::{BufRead, BufReader, Write},
     net::Ipv4Addr,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Stdio},
     time::{Duration, Instant},
 };
 
 use lash_tests::{
     manifests::{endpoint_slice, service, Cond},
-    sandbox::Sandbox,
+    sandbox::{bpftool, Sandbox},
 };
 use serde_json::Value;
 
@@ -289,34 +290,15 @@ endpoints:
     )
 }
 
-/// bpftool's view of a pinned map.
-fn map_show(sb: &Sandbox, name: &str) -> Value {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(sb.bpf_root.join(name))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// The lb4_sock_events counters, summed over CPUs.
 fn sock_events(sb: &Sandbox) -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(sb.bpf_root.join("lb4_sock_events"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = sb.bpf_root.join("lb4_sock_events");
+    let v = bpftool([
+        OsStr::new("map"),
+        OsStr::new("dump"),
+        OsStr::new("pinned"),
+        path.as_os_str(),
+    ]);
     v.as_array()
         .unwrap()
         .iter()
@@ -355,7 +337,7 @@ fn tcp_churn_does_not_disturb_a_live_udp_sockets_reverse_view() {
 
     // The per-socket state is socket-local storage: nothing to size, nothing
     // to evict.
-    let state = map_show(&sb, "lb4_sock_state");
+    let state = sb.map_show("lb4_sock_state");
     assert_eq!(state["type"], "sk_storage", "{state}");
 
     let mut hold = UdpHold::start(&sb, DNS, 4);

@@ -13,10 +13,6 @@ use serde_json::Value;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const HTTP: &str = "10.96.0.10:80";
 
-fn status_json(sb: &Sandbox) -> Value {
-    serde_json::from_str(&sb.agent_cli(&["status", "-o", "json"]).unwrap()).unwrap()
-}
-
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -57,7 +53,7 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
         );
     }
     // JSON: the same two, and they are not errors.
-    let status = status_json(&sb);
+    let status = sb.status_json();
     let warnings = strings(&status["warnings"]);
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings
@@ -89,7 +85,7 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
         "agent did not reconcile the edit; log:\n{}",
         sb.agent_log()
     );
-    assert_eq!(strings(&status_json(&sb)["warnings"]), Vec::<String>::new());
+    assert_eq!(strings(&sb.status_json()["warnings"]), Vec::<String>::new());
     let table = sb.agent_cli(&["status"]).unwrap();
     assert!(table.contains("Warnings:   none"), "{table}");
     assert!(sb

@@ -46,10 +46,6 @@ impl Ipv4Cidr {
         self.prefix
     }
 
-    pub fn network(self) -> Ipv4Addr {
-        self.network
-    }
-
     pub fn broadcast(self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network) | !Self::mask(self.prefix))
     }

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use cidr::Ipv4Cidr;
-pub use pool::Pool;
-pub use store::Store;
+use pool::Pool;
+use store::Store;
 
 #[derive(Debug, Error)]
 pub enum IpamError {

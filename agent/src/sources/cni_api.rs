@@ -44,8 +44,8 @@ pub enum ServeError {
     },
 }
 
-/// The handlers. `changed` is called after every change of IPAM use, so the
-/// status the agent publishes follows the allocations.
+/// The handlers. `changed` is called after every successful IPAM call, off
+/// the runtime, so the status the agent publishes follows the allocations.
 pub struct CniApi {
     ipam: Option<Arc<Ipam>>,
     changed: Arc<dyn Fn() + Send + Sync>,
@@ -64,15 +64,23 @@ impl CniApi {
         })
     }
 
-    /// Runs an IPAM call (it writes and syncs the state file) off the runtime.
+    /// Runs an IPAM call off the runtime: it writes and syncs the state file,
+    /// and so does the status update that follows it.
     async fn with_ipam<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Ipam) -> Result<T, IpamError> + Send + 'static,
     ) -> Result<T, Status> {
         let ipam = self.ipam()?;
-        let r = tokio::task::spawn_blocking(move || f(&ipam))
-            .await
-            .map_err(|e| Status::internal(format!("IPAM task: {e}")))?;
+        let changed = self.changed.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let r = f(&ipam);
+            if r.is_ok() {
+                changed();
+            }
+            r
+        })
+        .await
+        .map_err(|e| Status::internal(format!("IPAM task: {e}")))?;
         r.map_err(|e| match e {
             IpamError::Exhausted { .. } => Status::resource_exhausted(e.to_string()),
             e => Status::internal(e.to_string()),
@@ -102,7 +110,6 @@ impl Cni for CniApi {
         let (ip, usage) = self
             .with_ipam(move |ipam| Ok((ipam.allocate(&owner)?, ipam.usage())))
             .await?;
-        (self.changed)();
         Ok(Response::new(AllocateAddressReply {
             address: ip.to_string(),
             prefix_len: u32::from(usage.cidr.prefix()),
@@ -116,7 +123,6 @@ impl Cni for CniApi {
     ) -> Result<Response<ReleaseAddressReply>, Status> {
         let owner = attachment(req.into_inner().attachment)?.owner();
         let released = self.with_ipam(move |ipam| ipam.release(&owner)).await?;
-        (self.changed)();
         Ok(Response::new(ReleaseAddressReply {
             released: released.map(|ip| ip.to_string()).unwrap_or_default(),
         }))
@@ -133,16 +139,11 @@ impl Cni for CniApi {
             .map(|a| attachment(Some(a)).map(|a| a.owner()))
             .collect::<Result<_, _>>()?;
         let freed = self.with_ipam(move |ipam| ipam.retain(&keep)).await?;
-        (self.changed)();
         let released = freed
             .into_iter()
-            .map(|(owner, ip)| {
-                // Owners are "containerID:ifname"; the interface name has no colon.
-                let (c, i) = owner.rsplit_once(':').unwrap_or((&owner, ""));
-                Released {
-                    attachment: Some(Attachment::new(c, i)),
-                    address: ip.to_string(),
-                }
+            .map(|(owner, ip)| Released {
+                attachment: Some(Attachment::from_owner(&owner)),
+                address: ip.to_string(),
             })
             .collect();
         Ok(Response::new(RetainAddressesReply { released }))
@@ -182,6 +183,8 @@ pub async fn serve(
         Err(e) => return Err(listen_err(e)),
     }
     let listener = UnixListener::bind(socket).map_err(listen_err)?;
+    // Removed however serving ends, an abort at shutdown included.
+    let _socket_file = SocketFile(socket.to_path_buf());
     // Only root on the node may allocate addresses or make endpoints.
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
     info!(socket = %socket.display(), "CNI API listening");
@@ -195,6 +198,14 @@ pub async fn serve(
             path: socket.to_path_buf(),
             source,
         });
-    let _ = std::fs::remove_file(socket);
     result
+}
+
+/// The socket's path, unlinked on drop.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

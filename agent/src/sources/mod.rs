@@ -1,6 +1,7 @@
 //! Where desired state comes from. Each source runs as a task, keeps its own
 //! index of what it knows, and sends [`crate::datapath::Command`]s to the map
-//! owner; none of them touches a map.
+//! owner; none of them touches a map. (`cni_api` sends none yet: it serves
+//! addresses from IPAM until endpoints, which are map state, join it.)
 //!
 //! - `manifest_dir`: a directory of Service and EndpointSlice manifests
 //!   (standalone mode).

@@ -160,16 +160,7 @@ fn udp_unconnected(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(TIMEOUT))?;
     for _ in 0..count {
-        let start = Instant::now();
-        let r = (|| -> std::io::Result<serde_json::Value> {
-            s.send_to(b"ping", addr)?;
-            let mut buf = [0u8; 512];
-            let (n, from) = s.recv_from(&mut buf)?;
-            Ok(
-                json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "from": from.to_string()}),
-            )
-        })();
-        println!("{}", r.unwrap_or_else(|e| errno_json(&e, start.elapsed())));
+        println!("{}", udp_round_trip(&s, addr));
     }
     Ok(())
 }

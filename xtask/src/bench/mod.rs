@@ -82,7 +82,7 @@ pub struct Results {
 struct Node {
     arm: Arm,
     sb: Sandbox,
-    /// Where the client connects: the pod itself for no translation, else the VIP.
+    /// Where the client connects (`client_addr`).
     addr: String,
     samples: Vec<(f64, f64, f64)>,
 }
@@ -160,19 +160,19 @@ fn run_size(
         nodes.push(Node {
             arm,
             sb,
-            addr: String::new(),
+            addr: client_addr(arm, &pods),
             samples: Vec::new(),
         });
     }
-    let before = services::all(n, services::target(&pods[0..3]));
-    let after = services::all(n, services::target(&pods[3..6]));
     let (old_t, new_t) = (services::target(&pods[0..3]), services::target(&pods[3..6]));
+    let before = services::all(n, old_t.clone());
+    let after = services::all(n, new_t.clone());
 
     // Program every arm, one at a time (nothing else runs meanwhile).
     let mut ready: Vec<Node> = Vec::new();
     for mut node in nodes {
         eprintln!("bench:   {} full sync", node.arm.name());
-        match full_sync(&mut node, &before, n, &pods) {
+        match full_sync(&mut node, &before, n) {
             Ok(row) => {
                 eprintln!("bench:     {row}");
                 if node.arm != Arm::Baseline {
@@ -310,16 +310,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Where the client connects: the VIP, or the first pod for no translation.
+fn client_addr(arm: Arm, pods: &[Ipv4Addr]) -> String {
+    match arm {
+        Arm::Baseline => format!("{}:{POD_PORT}", pods[0]),
+        _ => format!("{TARGET_VIP}:{TARGET_PORT}"),
+    }
+}
+
 /// Programs `node`'s arm with the whole service set; returns its control-plane row.
-fn full_sync(node: &mut Node, svcs: &[Svc], n: u32, pods: &[Ipv4Addr]) -> anyhow::Result<Value> {
+fn full_sync(node: &mut Node, svcs: &[Svc], n: u32) -> anyhow::Result<Value> {
     let work = node.sb.work.clone();
     let sb = &mut node.sb;
-    let vip = format!("{TARGET_VIP}:{TARGET_PORT}");
     let (ms, transactions) = match node.arm {
-        Arm::Baseline => {
-            node.addr = format!("{}:{POD_PORT}", pods[0]);
-            return Ok(json!({"services": n, "arm": "baseline"}));
-        }
+        Arm::Baseline => return Ok(json!({"services": n, "arm": "baseline"})),
         Arm::Iptables => {
             let full = work.join("iptables.rules");
             std::fs::write(&full, kube_proxy::iptables_full(svcs))?;
@@ -339,7 +343,6 @@ fn full_sync(node: &mut Node, svcs: &[Svc], n: u32, pods: &[Ipv4Addr]) -> anyhow
         }
         Arm::Lash => (lash_arm::full_sync(sb, svcs)?, 1),
     };
-    node.addr = vip;
     Ok(
         json!({"services": n, "arm": node.arm.name(), "full_sync_ms": ms, "transactions": transactions}),
     )
