@@ -15,8 +15,11 @@ use std::{
 use lash_api::{
     v1::{
         cni_server::{Cni, CniServer},
-        AllocateAddressReply, AllocateAddressRequest, ReleaseAddressReply, ReleaseAddressRequest,
-        Released, RetainAddressesReply, RetainAddressesRequest, StatusReply, StatusRequest,
+        AllocateAddressReply, AllocateAddressRequest, CreateEndpointReply, CreateEndpointRequest,
+        DeleteEndpointReply, DeleteEndpointRequest, Endpoint, GetEndpointRequest,
+        ListEndpointsReply, ListEndpointsRequest, ReleaseAddressReply, ReleaseAddressRequest,
+        Released, RetainAddressesReply, RetainAddressesRequest, RetainEndpointsReply,
+        RetainEndpointsRequest, StatusReply, StatusRequest,
     },
     Attachment,
 };
@@ -158,11 +161,47 @@ impl Cni for CniApi {
                     gateway: u.gateway.to_string(),
                     addresses_used: u.used as u32,
                     addresses_total: u.total as u32,
+                    endpoints: 0,
                 }
             }
             None => StatusReply::default(),
         };
         Ok(Response::new(reply))
+    }
+
+    async fn create_endpoint(
+        &self,
+        _req: Request<CreateEndpointRequest>,
+    ) -> Result<Response<CreateEndpointReply>, Status> {
+        Err(Status::unimplemented("endpoints are not served yet"))
+    }
+
+    async fn delete_endpoint(
+        &self,
+        _req: Request<DeleteEndpointRequest>,
+    ) -> Result<Response<DeleteEndpointReply>, Status> {
+        Err(Status::unimplemented("endpoints are not served yet"))
+    }
+
+    async fn get_endpoint(
+        &self,
+        _req: Request<GetEndpointRequest>,
+    ) -> Result<Response<Endpoint>, Status> {
+        Err(Status::unimplemented("endpoints are not served yet"))
+    }
+
+    async fn list_endpoints(
+        &self,
+        _req: Request<ListEndpointsRequest>,
+    ) -> Result<Response<ListEndpointsReply>, Status> {
+        Err(Status::unimplemented("endpoints are not served yet"))
+    }
+
+    async fn retain_endpoints(
+        &self,
+        _req: Request<RetainEndpointsRequest>,
+    ) -> Result<Response<RetainEndpointsReply>, Status> {
+        Err(Status::unimplemented("endpoints are not served yet"))
     }
 }
 
