@@ -2,6 +2,8 @@
 
 mod cli;
 mod datapath;
+mod durable;
+mod endpoints;
 mod failpoint;
 mod ipam;
 mod k8s;
@@ -10,6 +12,7 @@ mod loader;
 mod lock;
 mod maps;
 mod model;
+mod node;
 mod run;
 mod sources;
 mod state;
@@ -56,6 +59,11 @@ enum Cmd {
     Bpf {
         #[command(subcommand)]
         cmd: BpfCmd,
+    },
+    /// The node's pod endpoints.
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointListCmd,
     },
     /// Services as the datapath sees them.
     Service {
@@ -107,6 +115,35 @@ enum BpfCmd {
     Endpoint {
         #[command(subcommand)]
         cmd: EndpointCmd,
+    },
+    Ipcache {
+        #[command(subcommand)]
+        cmd: IpcacheCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointListCmd {
+    /// List endpoints: id, identity, address, lxc and whether its programs
+    /// are attached (run it in the agent's network namespace).
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum IpcacheCmd {
+    /// List the ipcache: every prefix with its identity and tunnel endpoint.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The entry the datapath uses for IP (the kernel's longest-prefix match).
+    Get {
+        ip: std::net::Ipv4Addr,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -205,6 +242,38 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Table => print!("{}", cli::bpf_endpoint_list::table(&entries)),
                 Output::Json => print_json(&entries)?,
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Ipcache { cmd },
+        } => {
+            let map = maps::ipcache::IpcacheMap::open(&cli.bpf_root)?;
+            match cmd {
+                IpcacheCmd::List { output } => {
+                    let entries = map.entries()?;
+                    match output {
+                        Output::Table => print!("{}", cli::bpf_ipcache::table(&entries)),
+                        Output::Json => print_json(&entries)?,
+                    }
+                }
+                IpcacheCmd::Get { ip, output } => {
+                    let l = cli::bpf_ipcache::lookup(ip, map.lookup(ip)?);
+                    match output {
+                        Output::Table => print!("{}", cli::bpf_ipcache::get_text(&l)),
+                        Output::Json => print_json(&l)?,
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Endpoint {
+            cmd: EndpointListCmd::List { output },
+        } => {
+            let rows = cli::endpoint_list::rows(endpoints::recorded(&cli.state_dir)?);
+            match output {
+                Output::Table => print!("{}", cli::endpoint_list::table(&rows)),
+                Output::Json => print_json(&rows)?,
             }
             Ok(())
         }

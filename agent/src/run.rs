@@ -11,11 +11,13 @@ use tracing::{info, warn};
 
 use crate::{
     datapath,
+    endpoints::Manager,
     ipam::{Ipam, Ipv4Cidr},
     lb::{Programmed, Reconciler},
     loader::{self, MapSizes},
     lock,
     maps::LbMaps,
+    node,
     sources::{
         cni_api::{self, CniApi},
         manifest_dir::ManifestSource,
@@ -36,6 +38,33 @@ pub struct RunConfig {
     pub pod_cidr: Option<Ipv4Cidr>,
     /// Full resync period, a safety net behind the directory watch.
     pub resync: Duration,
+}
+
+/// The endpoint manager, with the node's side of the pod network in place:
+/// `lash_host` holding the gateway (when there is a pod range), the node's
+/// own addresses marked as the host's, and the endpoints an earlier agent
+/// left taken over.
+async fn start_endpoints(ebpf: aya::Ebpf, cfg: &RunConfig) -> anyhow::Result<Arc<Mutex<Manager>>> {
+    let mut manager = Manager::open(ebpf, &cfg.bpf_root, &cfg.state_dir, cfg.pod_cidr)?;
+    if let Some(cidr) = cfg.pod_cidr {
+        node::ensure_host_device(cidr.gateway()).await?;
+        info!(device = node::HOST_DEVICE, gateway = %cidr.gateway(), "host device ready");
+    }
+    let addresses = node::ipv4_addresses().await?;
+    let restored = tokio::task::spawn_blocking(move || {
+        manager.set_host_addresses(&addresses)?;
+        let restored = manager.restore()?;
+        Ok::<_, anyhow::Error>((manager, restored))
+    })
+    .await??;
+    let (manager, restored) = restored;
+    info!(
+        taken_over = restored.taken_over,
+        gone = restored.gone.len(),
+        swept = restored.swept,
+        "endpoints restored"
+    );
+    Ok(Arc::new(Mutex::new(manager)))
 }
 
 fn unix_now() -> f64 {
@@ -65,6 +94,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let maps = LbMaps::open_pinned(&cfg.bpf_root)?;
     loader::attach_sock_programs(&mut ebpf, &cfg.bpf_root, &cfg.cgroup)?;
     info!(bpf_root = %cfg.bpf_root.display(), cgroup = %cfg.cgroup.display(), "socket programs attached");
+    let endpoints = start_endpoints(ebpf, &cfg).await?;
 
     let programmed = Programmed::from_entries(
         maps.services_entries()?,
@@ -88,6 +118,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         cgroup: cfg.cgroup.clone(),
         manifests: cfg.manifests.clone(),
         ipam: ipam.as_ref().map(|i| i.usage()),
+        endpoints: Some(
+            endpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .summary(),
+        ),
         ..Default::default()
     }));
     let publish = {
@@ -109,11 +145,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let ipam_changed = {
+    let api_changed = {
         let (status, ipam, state_dir) = (status.clone(), ipam.clone(), cfg.state_dir.clone());
+        let endpoints = endpoints.clone();
         move || {
+            let summary = endpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .summary();
             let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
             status.ipam = ipam.as_ref().map(|i| i.usage());
+            status.endpoints = Some(summary);
             // Before the first sync there is no status file to update yet.
             if status.syncs > 0 {
                 if let Err(e) = state::write_status(&state_dir, &status) {
@@ -125,7 +167,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (tx, owner) = datapath::spawn(Reconciler::new(programmed), maps, publish);
 
     let (api_stop_tx, api_stop_rx) = tokio::sync::mpsc::channel(1);
-    let api = CniApi::new(ipam.clone(), Arc::new(ipam_changed));
+    let api = CniApi::new(ipam.clone(), endpoints.clone(), Arc::new(api_changed));
     let socket = lash_api::socket_path(&cfg.state_dir);
     let api_task = tokio::spawn(async move { cni_api::serve(api, &socket, api_stop_rx).await });
 

@@ -6,7 +6,7 @@
 
 use core::mem::size_of;
 
-use crate::endpoint::{EndpointInfo, EndpointKey};
+use crate::endpoint::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 use crate::lb::*;
 
 /// The BPF map type, as `bpftool map show` names it.
@@ -14,6 +14,9 @@ use crate::lb::*;
 pub enum MapKind {
     Hash,
     PerCpuArray,
+    PerCpuHash,
+    LruHash,
+    LpmTrie,
     /// Socket-local storage: one value per socket, freed with the socket.
     /// Keyed by a socket fd from user space; has no capacity (max_entries 0).
     SkStorage,
@@ -24,6 +27,9 @@ impl MapKind {
         match self {
             MapKind::Hash => "hash",
             MapKind::PerCpuArray => "percpu_array",
+            MapKind::PerCpuHash => "percpu_hash",
+            MapKind::LruHash => "lru_hash",
+            MapKind::LpmTrie => "lpm_trie",
             MapKind::SkStorage => "sk_storage",
         }
     }
@@ -108,6 +114,10 @@ pub const LB4_AFFINITY_MATCH: MapDef = def::<Lb4AffinityMatch, u8>(
 pub const LXC: MapDef =
     def::<EndpointKey, EndpointInfo>("lxc", MapKind::Hash, 65535, Sizing::Fixed);
 
+/// Prefix -> identity and tunnel endpoint (an LPM trie on IpcacheKey).
+pub const IPCACHE: MapDef =
+    def::<IpcacheKey, RemoteEndpointInfo>("ipcache", MapKind::LpmTrie, 512000, Sizing::Fixed);
+
 /// Every map, in the order listings show them.
 pub const ALL: &[MapDef] = &[
     LB4_SERVICES,
@@ -117,4 +127,5 @@ pub const ALL: &[MapDef] = &[
     LB4_SOCK_STATE,
     LB4_SOCK_EVENTS,
     LXC,
+    IPCACHE,
 ];

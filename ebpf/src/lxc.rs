@@ -28,3 +28,10 @@ pub fn from_container(ctx: TcContext) -> i32 {
         TC_ACT_OK as i32
     }
 }
+
+/// The lxc's egress: what the host stack delivers into the pod. Passes all
+/// for now.
+#[classifier]
+pub fn to_container(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
+}

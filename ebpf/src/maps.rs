@@ -7,10 +7,10 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC},
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, PerCpuArray},
 };
 use lash_common::{
-    endpoint::{EndpointInfo, EndpointKey},
+    endpoint::{EndpointInfo, EndpointKey, RemoteEndpointInfo},
     maps as def, Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, SockLbState,
 };
 
@@ -40,6 +40,12 @@ pub static LB4_AFFINITY_MATCH: HashMap<Lb4AffinityMatch, u8> =
 /// ADD (the programs never write it).
 #[map(name = "lxc")]
 pub static LXC: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(def::LXC.max_entries, 0);
+
+/// Prefix -> what the address is (identity, tunnel endpoint). The key after
+/// its prefix length is IpcacheKey's remaining 20 bytes.
+#[map(name = "ipcache")]
+pub static IPCACHE: LpmTrie<[u8; 20], RemoteEndpointInfo> =
+    LpmTrie::pinned(def::IPCACHE.max_entries, BPF_F_NO_PREALLOC);
 
 /// Counters of what the socket programs had to do without (`SOCK_EV_*`), per
 /// CPU: the BPF target has no atomic add to offer, and a reader sums anyway.

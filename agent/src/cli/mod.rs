@@ -2,7 +2,9 @@
 //! whether or not the agent runs: the maps are the truth.
 
 pub mod bpf_endpoint_list;
+pub mod bpf_ipcache;
 pub mod bpf_lb_list;
+pub mod endpoint_list;
 pub mod service_list;
 pub mod status;
 

@@ -7,6 +7,7 @@
 //! where desired state comes from (k8s/) nor in which order writes must happen
 //! (lb/).
 
+pub mod ipcache;
 pub mod lb4_affinity_match;
 pub mod lb4_backends;
 pub mod lb4_reverse_nat;
