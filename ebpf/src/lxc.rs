@@ -29,8 +29,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
     }
 }
 
-/// The lxc's egress: what the host stack delivers into the pod. Passes all
-/// for now.
+/// The lxc's egress: what the host stack delivers into the pod.
 #[classifier]
 pub fn to_container(_ctx: TcContext) -> i32 {
     TC_ACT_OK as i32
