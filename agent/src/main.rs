@@ -104,6 +104,9 @@ struct RunArgs {
     /// Without it the agent does no IPAM.
     #[arg(long)]
     pod_cidr: Option<ipam::Ipv4Cidr>,
+    /// Seconds between sweeps of expired conntrack entries.
+    #[arg(long, default_value_t = 30)]
+    ct_gc_interval: u64,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +122,35 @@ enum BpfCmd {
     Ipcache {
         #[command(subcommand)]
         cmd: IpcacheCmd,
+    },
+    Ct {
+        #[command(subcommand)]
+        cmd: CtCmd,
+    },
+    Metrics {
+        #[command(subcommand)]
+        cmd: MetricsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtCmd {
+    /// List connection tracking entries (TCP and the rest).
+    List {
+        /// The table to list; only the node-wide one exists.
+        #[arg(value_parser = ["global"])]
+        table: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetricsCmd {
+    /// List forwarded and dropped packets by reason and direction.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -211,6 +243,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 pod_cidr: args.pod_cidr,
+                ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
             };
             // Multi-threaded: sources and the API keep answering while the
             // map owner's thread (datapath.rs) runs a long sync.
@@ -264,6 +297,30 @@ fn main() -> anyhow::Result<()> {
                         Output::Json => print_json(&l)?,
                     }
                 }
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Ct {
+                cmd: CtCmd::List { table: _, output },
+            },
+        } => {
+            let rows = maps::ct::CtMaps::open(&cli.bpf_root)?.rows()?;
+            match output {
+                Output::Table => print!("{}", cli::bpf_ct_metrics::ct_table(&rows)),
+                Output::Json => print_json(&rows)?,
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Metrics {
+                cmd: MetricsCmd::List { output },
+            },
+        } => {
+            let rows = maps::metrics::rows(&cli.bpf_root)?;
+            match output {
+                Output::Table => print!("{}", cli::bpf_ct_metrics::metrics_table(&rows)),
+                Output::Json => print_json(&rows)?,
             }
             Ok(())
         }

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     datapath,
@@ -16,7 +16,10 @@ use crate::{
     lb::{Programmed, Reconciler},
     loader::{self, MapSizes},
     lock,
-    maps::LbMaps,
+    maps::{
+        ct::{self, CtMaps},
+        LbMaps,
+    },
     node,
     sources::{
         cni_api::{self, CniApi},
@@ -38,6 +41,8 @@ pub struct RunConfig {
     pub pod_cidr: Option<Ipv4Cidr>,
     /// Full resync period, a safety net behind the directory watch.
     pub resync: Duration,
+    /// Period of the conntrack expiry sweep.
+    pub ct_gc_interval: Duration,
 }
 
 /// The endpoint manager, with the node's side of the pod network in place:
@@ -65,6 +70,28 @@ async fn start_endpoints(ebpf: aya::Ebpf, cfg: &RunConfig) -> anyhow::Result<Arc
         "endpoints restored"
     );
     Ok(Arc::new(Mutex::new(manager)))
+}
+
+/// Every `interval`, deletes the conntrack entries whose lifetime has ended
+/// (the agent's only write to those maps; the programs own the rest).
+async fn sweep_conntrack(bpf_root: PathBuf, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let root = bpf_root.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut ct = CtMaps::open(&root)?;
+            Ok::<_, anyhow::Error>(ct.sweep(ct::monotonic_now())?)
+        })
+        .await;
+        match r {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => debug!(removed = n, "expired conntrack entries removed"),
+            Ok(Err(e)) => warn!("conntrack sweep: {e}"),
+            Err(e) => warn!("conntrack sweep task: {e}"),
+        }
+    }
 }
 
 fn unix_now() -> f64 {
@@ -171,6 +198,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let socket = lash_api::socket_path(&cfg.state_dir);
     let api_task = tokio::spawn(async move { cni_api::serve(api, &socket, api_stop_rx).await });
 
+    let ct_gc = tokio::spawn(sweep_conntrack(cfg.bpf_root.clone(), cfg.ct_gc_interval));
+
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let source =
         tokio::spawn(ManifestSource::new(cfg.manifests.clone()).run(tx, cfg.resync, stop_rx));
@@ -202,6 +231,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     if !source.is_finished() {
         let _ = source.await;
     }
+    ct_gc.abort();
     tokio::task::spawn_blocking(move || owner.join()).await.ok();
     info!("exiting; the datapath stays programmed and attached (`agent uninstall` removes it)");
     result

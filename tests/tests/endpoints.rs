@@ -257,6 +257,34 @@ fn endpoints_are_attached_restored_and_removed_whole() {
     assert_eq!(left[0].address, "10.244.7.11");
     assert!(lxc_entry(&sb, "10.244.7.10").is_none());
     assert_eq!(pins(&sb, &a.host), 0);
+    // The listings of the node maps answer in their shapes.
+    let list = sb.agent_cli(&["endpoint", "list"]).unwrap();
+    assert!(list.starts_with("ENDPOINT"), "{list}");
+    assert!(
+        list.contains("10.244.7.11") && list.contains("ready"),
+        "{list}"
+    );
+    let ipc = sb.agent_cli(&["bpf", "ipcache", "list"]).unwrap();
+    assert!(ipc.contains("10.244.7.11/32      identity=256 "), "{ipc}");
+    assert!(ipc.contains("10.244.7.1/32       identity=1 "), "{ipc}");
+    let get = sb
+        .agent_cli(&["bpf", "ipcache", "get", "10.244.7.11"])
+        .unwrap();
+    assert!(get.starts_with("10.244.7.11 maps to identity 256"), "{get}");
+    let world = sb
+        .agent_cli(&["bpf", "ipcache", "get", "192.0.2.1"])
+        .unwrap();
+    assert!(
+        world.starts_with("192.0.2.1 maps to identity 2 (world"),
+        "{world}"
+    );
+    sb.agent_cli(&["bpf", "ct", "list", "global"]).unwrap();
+    let metrics = sb.agent_cli(&["bpf", "metrics", "list"]).unwrap();
+    assert!(metrics.starts_with("REASON"), "{metrics}");
     drop(c);
     sb.stop_agent(false).unwrap();
+    // Uninstall detaches the lxc programs too.
+    sb.agent_cli(&["uninstall"]).unwrap();
+    assert!(!sb.bpf_root.join("endpoints").exists());
+    assert!(!sb.bpf_root.exists());
 }
