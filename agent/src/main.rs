@@ -10,6 +10,7 @@ mod k8s;
 mod lb;
 mod loader;
 mod lock;
+mod mac;
 mod maps;
 mod model;
 mod node;

@@ -6,4 +6,5 @@ pub mod cni;
 pub mod ebpf;
 pub mod manifests;
 pub mod netns;
+pub mod podman;
 pub mod sandbox;

@@ -19,6 +19,10 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "nftables",
+    // A real CNI client for the pod tests and the demo (toolchain.md, 7).
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -24,7 +24,9 @@ pub struct EndpointRecord {
     /// The lxc, in the agent's network namespace.
     pub host_ifname: String,
     pub host_ifindex: u32,
+    #[serde(with = "mac_text")]
     pub host_mac: [u8; 6],
+    #[serde(with = "mac_text")]
     pub pod_mac: [u8; 6],
     pub netns: String,
     pub identity: u32,
@@ -35,6 +37,20 @@ impl EndpointRecord {
     /// `containerID:ifname`, the key records are held by.
     pub fn owner(&self) -> String {
         lash_api::Attachment::new(&self.container_id, &self.ifname).owner()
+    }
+}
+
+/// MACs as `aa:bb:cc:dd:ee:ff` in the file and in JSON listings.
+mod mac_text {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &[u8; 6], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::mac::format(*mac))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 6], D::Error> {
+        let text = String::deserialize(d)?;
+        crate::mac::parse(&text).ok_or_else(|| D::Error::custom(format!("bad MAC {text:?}")))
     }
 }
 

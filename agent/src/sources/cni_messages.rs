@@ -9,30 +9,10 @@ use tonic::Status;
 
 use crate::endpoints::{EndpointError, EndpointSpec, EndpointView};
 
-/// `aa:bb:cc:dd:ee:ff` (either case).
-pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], Status> {
-    let bad =
-        || Status::invalid_argument(format!("{field} {s:?} is not a MAC (aa:bb:cc:dd:ee:ff)"));
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next().ok_or_else(bad)?;
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
-}
-
-pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], Status> {
+    crate::mac::parse(s).ok_or_else(|| {
+        Status::invalid_argument(format!("{field} {s:?} is not a MAC (aa:bb:cc:dd:ee:ff)"))
+    })
 }
 
 pub fn spec(e: Endpoint) -> Result<EndpointSpec, Status> {
@@ -62,8 +42,8 @@ pub fn message(v: &EndpointView) -> Endpoint {
         address: r.address.to_string(),
         host_ifname: r.host_ifname.clone(),
         host_ifindex: r.host_ifindex,
-        host_mac: mac_string(r.host_mac),
-        pod_mac: mac_string(r.pod_mac),
+        host_mac: crate::mac::format(r.host_mac),
+        pod_mac: crate::mac::format(r.pod_mac),
         netns: r.netns.clone(),
         identity: r.identity,
         programs: v.programs.clone(),
@@ -86,19 +66,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn macs_parse_and_print_back() {
-        let m = parse_mac("pod_mac", "0A:1b:2c:3d:4e:5f").unwrap();
-        assert_eq!(m, [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
-        assert_eq!(mac_string(m), "0a:1b:2c:3d:4e:5f");
-        for bad in [
-            "",
-            "0a:1b:2c:3d:4e",
-            "0a:1b:2c:3d:4e:5f:00",
-            "0a:1b:2c:3d:4e:zz",
-            "a:1b:2c:3d:4e:5f",
-        ] {
-            let e = parse_mac("pod_mac", bad).unwrap_err();
-            assert!(e.message().contains("pod_mac"), "{bad}: {}", e.message());
-        }
+    fn a_bad_mac_names_its_field() {
+        let e = parse_mac("pod_mac", "zz").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("pod_mac"), "{}", e.message());
     }
 }
