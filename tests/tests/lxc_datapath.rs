@@ -12,7 +12,10 @@ use aya::{
     EbpfLoader,
 };
 use lash_common::{
-    ct::{CtEntry, Ipv4CtTuple, CT_F_SEEN_NON_SYN, TUPLE_F_OUT, TUPLE_F_SERVICE},
+    ct::{
+        CtEntry, Ipv4CtTuple, CT_F_RX_CLOSING, CT_F_SEEN_NON_SYN, CT_F_TX_CLOSING, TUPLE_F_OUT,
+        TUPLE_F_SERVICE,
+    },
     endpoint::{mac_to_u64, EndpointInfo, EndpointKey, ENDPOINT_F_HOST},
     metrics::{MetricsKey, MetricsValue, METRIC_EGRESS, METRIC_INGRESS},
     Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, IPPROTO_TCP, IPPROTO_UDP,
@@ -50,7 +53,9 @@ const REMOTE_BACKENDS: [Ipv4Addr; 3] = [
 /// VIP0:80/TCP: a frontend without backends.
 const VIP0: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 fn be32(ip: Ipv4Addr) -> u32 {
@@ -395,11 +400,11 @@ impl Harness {
         (r.return_value, out)
     }
 
-    fn from_container(&self, p: &Pkt) -> (u32, Vec<u8>) {
+    fn run_from(&self, p: &Pkt) -> (u32, Vec<u8>) {
         self.run("from_container", &p.frame())
     }
 
-    fn to_container(&self, p: &Pkt) -> (u32, Vec<u8>) {
+    fn run_to(&self, p: &Pkt) -> (u32, Vec<u8>) {
         self.run("to_container", &p.frame())
     }
 
@@ -458,7 +463,7 @@ fn pod_to_pod_on_the_node_is_redirected_into_the_peer() {
             ..tcp(A_IP, 40001, B_IP, 8080, TCP_SYN)
         },
     ] {
-        let (verdict, out) = h.from_container(&p);
+        let (verdict, out) = h.run_from(&p);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let o = decode(&out);
         assert_eq!(
@@ -512,7 +517,7 @@ fn pod_to_pod_on_the_node_is_redirected_into_the_peer() {
     assert!((now + 59..=now + 61).contains(&e.lifetime));
 
     // The handshake done, the flow lives 8000 s.
-    let (verdict, _) = h.from_container(&tcp(A_IP, 40000, B_IP, 8080, TCP_ACK));
+    let (verdict, _) = h.run_from(&tcp(A_IP, 40000, B_IP, 8080, TCP_ACK));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let e = h
         .ct(
@@ -523,26 +528,51 @@ fn pod_to_pod_on_the_node_is_redirected_into_the_peer() {
     assert_eq!(e.packets, 2);
     assert_ne!(e.flags & CT_F_SEEN_NON_SYN, 0);
     assert!((now + 7999..=now + 8001).contains(&e.lifetime));
+
+    // FIN one way keeps it alive; FIN both ways leaves it 10 s.
+    let key = ct_key(A_IP, 40000, B_IP, 8080, IPPROTO_TCP, TUPLE_F_OUT);
+    h.run_from(&tcp(A_IP, 40000, B_IP, 8080, TCP_FIN | TCP_ACK));
+    let e = h.ct("ct4_global", &key).unwrap();
+    assert_eq!(
+        e.flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING),
+        CT_F_TX_CLOSING
+    );
+    assert!((now + 7999..=now + 8001).contains(&e.lifetime));
+    h.run_from(&tcp(B_IP, 8080, A_IP, 40000, TCP_FIN | TCP_ACK));
+    let e = h.ct("ct4_global", &key).unwrap();
+    assert_eq!(
+        e.flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING),
+        CT_F_TX_CLOSING | CT_F_RX_CLOSING
+    );
+    assert!((now + 9..=now + 11).contains(&e.lifetime));
+    // A new SYN on the same ports opens it again.
+    h.run_from(&tcp(A_IP, 40000, B_IP, 8080, TCP_SYN));
+    let e = h.ct("ct4_global", &key).unwrap();
+    assert_eq!(
+        e.flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING | CT_F_SEEN_NON_SYN),
+        0
+    );
+    assert!((now + 59..=now + 61).contains(&e.lifetime));
+    // One RST closes both ways.
+    h.run_from(&tcp(B_IP, 8080, A_IP, 40000, TCP_RST));
+    let e = h.ct("ct4_global", &key).unwrap();
+    assert!((now + 9..=now + 11).contains(&e.lifetime));
 }
 
 #[test]
 fn a_source_that_is_not_the_lxcs_pod_is_dropped() {
     let h = Harness::new("lxc-sip");
     // C is a pod, but behind another lxc.
-    let (verdict, _) = h.from_container(&tcp(C_IP, 40000, B_IP, 8080, TCP_SYN));
+    let (verdict, _) = h.run_from(&tcp(C_IP, 40000, B_IP, 8080, TCP_SYN));
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(h.metric(132, METRIC_EGRESS), 1);
     // No endpoint at all, and the node's own address.
     let spoofed = Ipv4Addr::new(10, 244, 0, 99);
     assert_eq!(
-        h.from_container(&tcp(spoofed, 40000, B_IP, 8080, TCP_SYN))
-            .0,
+        h.run_from(&tcp(spoofed, 40000, B_IP, 8080, TCP_SYN)).0,
         TC_ACT_SHOT
     );
-    assert_eq!(
-        h.from_container(&udp(NODE_IP, 40000, B_IP, 5353)).0,
-        TC_ACT_SHOT
-    );
+    assert_eq!(h.run_from(&udp(NODE_IP, 40000, B_IP, 5353)).0, TC_ACT_SHOT);
     assert_eq!(h.metric(132, METRIC_EGRESS), 3);
     assert_eq!(h.metric(0, METRIC_EGRESS), 0);
 }
@@ -551,7 +581,7 @@ fn a_source_that_is_not_the_lxcs_pod_is_dropped() {
 fn a_vip_is_translated_to_its_backend_and_remembered() {
     let h = Harness::new("lxc-svc");
     let p = tcp(A_IP, 40100, VIP, 80, TCP_SYN);
-    let (verdict, out) = h.from_container(&p);
+    let (verdict, out) = h.run_from(&p);
     assert_eq!(
         verdict, TC_ACT_REDIRECT,
         "the backend is pod B, on this node"
@@ -576,7 +606,7 @@ fn a_vip_is_translated_to_its_backend_and_remembered() {
     assert_eq!(out_entry.rev_nat_index, 1u16.to_be());
 
     // The next packet of the flow: same translation, same entries.
-    let (verdict, out2) = h.from_container(&tcp(A_IP, 40100, VIP, 80, TCP_ACK));
+    let (verdict, out2) = h.run_from(&tcp(A_IP, 40100, VIP, 80, TCP_ACK));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let o2 = decode(&out2);
     assert_eq!((o2.dst, o2.dport), (B_IP, 8080));
@@ -594,7 +624,7 @@ fn a_vip_is_translated_to_its_backend_and_remembered() {
             udp_no_csum: no_csum,
             ..udp(A_IP, 40200 + u16::from(no_csum), VIP, 53)
         };
-        let (verdict, out) = h.from_container(&p);
+        let (verdict, out) = h.run_from(&p);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let o = decode(&out);
         assert_eq!((o.dst, o.dport, o.no_l4_csum), (B_IP, 5353, no_csum));
@@ -611,7 +641,7 @@ fn a_vip_is_translated_to_its_backend_and_remembered() {
         options: 12,
         ..tcp(A_IP, 40300, VIP, 80, TCP_SYN)
     };
-    let o = decode(&h.from_container(&p).1);
+    let o = decode(&h.run_from(&p).1);
     assert_eq!((o.src, o.sport, o.dst, o.dport), (A_IP, 40300, B_IP, 8080));
 }
 
@@ -620,14 +650,14 @@ fn flows_spread_over_backends_and_each_keeps_its_own() {
     let h = Harness::new("lxc-spread");
     let mut used = HashSet::new();
     for sport in 41000..41060u16 {
-        let (verdict, out) = h.from_container(&tcp(A_IP, sport, VIP3, 80, TCP_SYN));
+        let (verdict, out) = h.run_from(&tcp(A_IP, sport, VIP3, 80, TCP_SYN));
         assert_eq!(verdict, TC_ACT_OK, "remote backends go to the stack");
         let first = decode(&out);
         assert!(REMOTE_BACKENDS.contains(&first.dst));
         assert_eq!(first.dport, 8080);
         assert_eq!(first.ttl, 64, "the stack routes it, not us");
         for _ in 0..3 {
-            let again = decode(&h.from_container(&tcp(A_IP, sport, VIP3, 80, TCP_ACK)).1);
+            let again = decode(&h.run_from(&tcp(A_IP, sport, VIP3, 80, TCP_ACK)).1);
             assert_eq!(again.dst, first.dst, "flow {sport} changed backend");
         }
         used.insert(first.dst);
@@ -638,13 +668,13 @@ fn flows_spread_over_backends_and_each_keeps_its_own() {
 #[test]
 fn replies_of_a_local_backend_come_from_the_vip() {
     let h = Harness::new("lxc-rev");
-    let (verdict, _) = h.from_container(&tcp(A_IP, 40400, VIP, 80, TCP_SYN));
+    let (verdict, _) = h.run_from(&tcp(A_IP, 40400, VIP, 80, TCP_SYN));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     // B answers through its own lxc (here, the same test device).
     let reply = Pkt {
         ..tcp(B_IP, 8080, A_IP, 40400, TCP_SYN | TCP_ACK)
     };
-    let (verdict, out) = h.from_container(&reply);
+    let (verdict, out) = h.run_from(&reply);
     assert_eq!(verdict, TC_ACT_REDIRECT, "A is local too");
     let o = decode(&out);
     assert_eq!((o.src, o.sport, o.dst, o.dport), (VIP, 80, A_IP, 40400));
@@ -670,22 +700,22 @@ fn replies_of_a_local_backend_come_from_the_vip() {
         udp_no_csum: true,
         ..udp(A_IP, 40401, VIP, 53)
     };
-    h.from_container(&p);
+    h.run_from(&p);
     let reply = Pkt {
         udp_no_csum: true,
         ..udp(B_IP, 5353, A_IP, 40401)
     };
-    let o = decode(&h.from_container(&reply).1);
+    let o = decode(&h.run_from(&reply).1);
     assert_eq!((o.src, o.sport, o.no_l4_csum), (VIP, 53, true));
     // And one with a checksum gets it right.
-    h.from_container(&udp(A_IP, 40402, VIP, 53));
-    let o = decode(&h.from_container(&udp(B_IP, 5353, A_IP, 40402)).1);
+    h.run_from(&udp(A_IP, 40402, VIP, 53));
+    let o = decode(&h.run_from(&udp(B_IP, 5353, A_IP, 40402)).1);
     assert_eq!((o.src, o.sport, o.no_l4_csum), (VIP, 53, false));
 
     // A pod talking to B directly (no VIP) keeps B as the source.
-    h.from_container(&tcp(A_IP, 40403, B_IP, 8080, TCP_SYN));
+    h.run_from(&tcp(A_IP, 40403, B_IP, 8080, TCP_SYN));
     let o = decode(
-        &h.from_container(&tcp(B_IP, 8080, A_IP, 40403, TCP_SYN | TCP_ACK))
+        &h.run_from(&tcp(B_IP, 8080, A_IP, 40403, TCP_SYN | TCP_ACK))
             .1,
     );
     assert_eq!((o.src, o.sport), (B_IP, 8080));
@@ -694,10 +724,10 @@ fn replies_of_a_local_backend_come_from_the_vip() {
 #[test]
 fn replies_from_the_stack_come_from_the_vip_in_to_container() {
     let h = Harness::new("lxc-rev-in");
-    let (verdict, out) = h.from_container(&tcp(A_IP, 40500, VIP3, 80, TCP_SYN));
+    let (verdict, out) = h.run_from(&tcp(A_IP, 40500, VIP3, 80, TCP_SYN));
     assert_eq!(verdict, TC_ACT_OK);
     let backend = decode(&out).dst;
-    let (verdict, out) = h.to_container(&tcp(backend, 8080, A_IP, 40500, TCP_SYN | TCP_ACK));
+    let (verdict, out) = h.run_to(&tcp(backend, 8080, A_IP, 40500, TCP_SYN | TCP_ACK));
     assert_eq!(verdict, TC_ACT_OK);
     let o = decode(&out);
     assert_eq!((o.src, o.sport, o.dst, o.dport), (VIP3, 80, A_IP, 40500));
@@ -723,7 +753,7 @@ fn replies_from_the_stack_come_from_the_vip_in_to_container() {
 fn drops_carry_their_reason() {
     let h = Harness::new("lxc-drops");
     // A frontend without backends never leaves as a VIP.
-    let (verdict, _) = h.from_container(&tcp(A_IP, 40600, VIP0, 80, TCP_SYN));
+    let (verdict, _) = h.run_from(&tcp(A_IP, 40600, VIP0, 80, TCP_SYN));
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(h.metric(158, METRIC_EGRESS), 1);
     // IPv6 (off here): unknown L3.
@@ -736,7 +766,7 @@ fn drops_carry_their_reason() {
         ttl: 1,
         ..tcp(A_IP, 40601, B_IP, 8080, TCP_SYN)
     };
-    assert_eq!(h.from_container(&p).0, TC_ACT_SHOT);
+    assert_eq!(h.run_from(&p).0, TC_ACT_SHOT);
     assert_eq!(h.metric(196, METRIC_EGRESS), 1);
     // A truncated TCP header.
     let f = tcp(A_IP, 40602, B_IP, 8080, TCP_SYN).frame();
