@@ -1,6 +1,42 @@
 //! Keys and values of the connection tracking maps (`ct4_global` for TCP,
 //! `ct_any4_global` for the rest), and the lifetimes the programs and the
-//! agent's expiry sweep will agree on (both come with the tc IPv4 path).
+//! agent's expiry sweep agree on.
+//!
+//! # The tuple convention
+//!
+//! An entry is keyed by the packet that created it, `S:s -> D:d`:
+//!
+//! | field | holds |
+//! |---|---|
+//! | `daddr` (bytes 0..4) | D, the packet's destination address |
+//! | `saddr` (bytes 4..8) | S, the packet's source address |
+//! | `dport` (bytes 8..10) | s, the packet's **source** port |
+//! | `sport` (bytes 10..12) | d, the packet's **destination** port |
+//! | `nexthdr` | the IP protocol |
+//! | `flags` | `TUPLE_F_OUT` or `TUPLE_F_SERVICE` |
+//!
+//! The addresses are the packet's as they are; the port fields hold the L4
+//! header's first four bytes as they are, which is why the field named
+//! `dport` holds the source port (Cilium's layout, read the same way by its
+//! tools). All in network order; protocols without ports have 0 in both.
+//! A listing prints an entry as `saddr:dport -> daddr:sport`, the flow's
+//! own direction.
+//!
+//! - OUT entries are created by from-container for what a pod sends, after
+//!   service translation (D:d is the backend), with the service's
+//!   `rev_nat_index` (0 if not translated) and the sender's identity in
+//!   `src_sec_id`.
+//! - A packet `S:s -> D:d` is a reply to the OUT entry keyed
+//!   `{daddr: S, saddr: D, dport: d, sport: s, flags: OUT}`; that lookup
+//!   comes first (both programs), the packet's own OUT key second
+//!   (from-container only). Replies count on the entry they answer and
+//!   create none.
+//! - SERVICE entries are keyed by the packet before translation (D:d is the
+//!   frontend) and carry the chosen `backend_id` (host order) and the
+//!   service's `rev_nat_index`.
+//!
+//! `packets`/`bytes` count both directions; `tx_flags_seen` and
+//! `rx_flags_seen` OR the TCP flags seen forward and in replies.
 
 use core::mem::{offset_of, size_of};
 
@@ -12,9 +48,8 @@ pub const TUPLE_F_RELATED: u8 = 2;
 /// packet of the flow goes to the same one and replies are translated back.
 pub const TUPLE_F_SERVICE: u8 = 4;
 
-/// Key of the conntrack maps. Packed to 14 bytes as bpftool users know it.
-/// The addresses are the packet's; the two port fields hold the packet's
-/// four port bytes as they are, so `dport` holds the *source* port.
+/// Key of the conntrack maps (see the module comment for what each field
+/// holds). Packed to 14 bytes as bpftool users know it.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct Ipv4CtTuple {
@@ -63,7 +98,8 @@ pub struct CtEntry {
 
 /// Lifetimes in seconds, Cilium's defaults: an established TCP flow, a TCP
 /// flow that has not yet seen a non-SYN packet, a TCP flow closed in both
-/// directions, anything else.
+/// directions (FIN each way, or one RST), anything else. An entry's
+/// `lifetime` is the monotonic second of its last packet plus one of these.
 pub const CT_LIFETIME_TCP: u32 = 8000;
 pub const CT_LIFETIME_TCP_SYN: u32 = 60;
 pub const CT_LIFETIME_TCP_CLOSE: u32 = 10;

@@ -1,36 +1,184 @@
 //! The tc programs of a pod's host-side veth (`lxc*`).
 //!
-//! from-container runs on the lxc's ingress, that is on every frame the pod
-//! sends. This first slice serves ARP (the responder) and leaves IPv4 to the
-//! host stack; source checks, per-packet service translation, conntrack and
-//! local delivery come next, in this order of the packet's path.
+//! from-container runs on the lxc's ingress, on every frame the pod sends
+//! (counted as EGRESS, the pod's point of view, as Cilium does):
+//! 1. ARP goes to the responder, IPv4 on, anything else is dropped;
+//! 2. the source address must be the pod's own, behind this very lxc;
+//! 3. a service frontend socket LB did not translate is translated here;
+//! 4. conntrack: a reply to a translated flow gets the frontend back as its
+//!    source; any other packet creates or refreshes its flow's entry;
+//! 5. ipcache: the destination's identity (for policy, to come);
+//! 6. a destination that is a pod on this node is delivered straight into
+//!    its namespace; everything else (the node, other nodes, the world) goes
+//!    to the host stack.
+//!
+//! to-container runs on the lxc's egress, on what the host stack delivers
+//! into the pod (counted as INGRESS): replies of translated flows get the
+//! frontend back as their source.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::bpf_redirect_peer,
     macros::classifier,
     programs::TcContext,
 };
+use lash_common::{
+    ct::TUPLE_F_OUT,
+    endpoint::{mac_from_u64, EndpointInfo, EndpointKey, ENDPOINT_F_HOST},
+    metrics::{
+        DROP_FRAG_NOSUPPORT, DROP_INVALID, DROP_INVALID_SIP, DROP_TTL_EXCEEDED, DROP_UNKNOWN_L3,
+        METRIC_EGRESS, METRIC_INGRESS, REASON_FORWARDED,
+    },
+};
 
-use crate::arp;
+use crate::{
+    arp,
+    conntrack::{self, Ct, Dir},
+    ipcache,
+    ipv4::{self, Packet, ETH_P_IP},
+    maps::LXC,
+    metrics, nat,
+};
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    // The EtherType, at offset 12 of the Ethernet header, network order.
+    // The EtherType, at offset 12 of the Ethernet header.
     let Ok(proto) = ctx.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+        metrics::count(DROP_INVALID, METRIC_EGRESS, ctx.len());
         return TC_ACT_SHOT as i32;
     };
-    // IPv4 goes to the stack until its path lands here; IPv6 and the rest
-    // are not served yet and pass too, rather than drop what a pod's own
-    // tooling may need.
     if proto == arp::ETH_P_ARP {
-        arp::respond(&ctx)
-    } else {
-        TC_ACT_OK as i32
+        return arp::respond(&ctx);
+    }
+    match try_from_container(&ctx, proto) {
+        Ok(verdict) => {
+            metrics::count(REASON_FORWARDED, METRIC_EGRESS, ctx.len());
+            verdict
+        }
+        Err(reason) => {
+            metrics::count(reason as u8, METRIC_EGRESS, ctx.len());
+            TC_ACT_SHOT as i32
+        }
     }
 }
 
-/// The lxc's egress: what the host stack delivers into the pod.
+/// The verdict for a frame from the pod, or the drop code.
+#[inline(always)]
+fn try_from_container(ctx: &TcContext, proto: u16) -> Result<i32, i32> {
+    // With IPv6 off (as here), Cilium drops everything but ARP and IPv4.
+    if proto != ETH_P_IP {
+        return Err(DROP_UNKNOWN_L3 as i32);
+    }
+    let mut p = ipv4::parse(ctx)?;
+    let src = source_endpoint(ctx, &p)?;
+    let now = conntrack::now();
+
+    let rev_nat_index = nat::xlate_to_backend(ctx, &mut p, now)?;
+    match conntrack::lookup(&p, true) {
+        Ct::Reply(e) => {
+            conntrack::refresh(e, &p, Dir::Reply, now);
+            // SAFETY: a pointer into the map's value, from this lookup.
+            let index = unsafe { (*e).rev_nat_index };
+            if index != 0 {
+                nat::xlate_to_frontend(ctx, &mut p, index)?;
+            }
+        }
+        Ct::Established(e) => conntrack::refresh(e, &p, Dir::Forward, now),
+        Ct::New => {
+            let key = conntrack::tuple(&p, TUPLE_F_OUT);
+            conntrack::create(&key, &p, rev_nat_index, 0, src.sec_id, now)?;
+        }
+    }
+
+    // Kept for policy, which will decide on it; a miss is the world.
+    let _dst_identity = ipcache::identity(p.daddr);
+
+    // SAFETY: the value is copied out at once.
+    match unsafe { LXC.get(&EndpointKey::v4(p.daddr)) }.copied() {
+        Some(dst) if dst.flags & ENDPOINT_F_HOST == 0 => deliver_local(ctx, &mut p, &dst),
+        // The node itself, other nodes, the world: the host stack routes it.
+        _ => Ok(TC_ACT_OK as i32),
+    }
+}
+
+/// The endpoint sending `p`: its source address must be a pod's (not the
+/// node's) whose lxc is the one the frame came in on.
+#[inline(always)]
+fn source_endpoint(ctx: &TcContext, p: &Packet) -> Result<EndpointInfo, i32> {
+    let invalid = DROP_INVALID_SIP as i32;
+    // SAFETY: the value is copied out at once.
+    let ep = unsafe { LXC.get(&EndpointKey::v4(p.saddr)) }
+        .copied()
+        .ok_or(invalid)?;
+    // SAFETY: reading the ifindex of the skb the program runs on.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if ep.flags & ENDPOINT_F_HOST != 0 || ep.ifindex != ifindex {
+        return Err(invalid);
+    }
+    Ok(ep)
+}
+
+/// Hands `p` to the pod `dst` on this node: routed as a router would (TTL,
+/// MACs), then moved into the pod's namespace through its veth peer without
+/// going through the host stack.
+#[inline(always)]
+fn deliver_local(ctx: &TcContext, p: &mut Packet, dst: &EndpointInfo) -> Result<i32, i32> {
+    if p.ttl <= 1 {
+        return Err(DROP_TTL_EXCEEDED as i32);
+    }
+    ipv4::dec_ttl(ctx, p)?;
+    ipv4::set_macs(ctx, mac_from_u64(dst.mac), mac_from_u64(dst.node_mac))?;
+    // SAFETY: plain helper call.
+    let r = unsafe { bpf_redirect_peer(dst.ifindex, 0) };
+    if r == i64::from(TC_ACT_REDIRECT) {
+        Ok(TC_ACT_REDIRECT as i32)
+    } else {
+        Err(DROP_INVALID as i32)
+    }
+}
+
 #[classifier]
-pub fn to_container(_ctx: TcContext) -> i32 {
-    TC_ACT_OK as i32
+pub fn to_container(ctx: TcContext) -> i32 {
+    match try_to_container(&ctx) {
+        Ok(verdict) => {
+            metrics::count(REASON_FORWARDED, METRIC_INGRESS, ctx.len());
+            verdict
+        }
+        Err(reason) => {
+            metrics::count(reason as u8, METRIC_INGRESS, ctx.len());
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// The verdict for a frame the host stack delivers into the pod.
+#[inline(always)]
+fn try_to_container(ctx: &TcContext) -> Result<i32, i32> {
+    let Ok(proto) = ctx.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+        return Err(DROP_INVALID as i32);
+    };
+    if proto != ETH_P_IP {
+        // ARP from the node and the rest: the stack decided, not ours to judge.
+        return Ok(TC_ACT_OK as i32);
+    }
+    let mut p = match ipv4::parse(ctx) {
+        Ok(p) => p,
+        // The stack forwarded a fragment: no translation applies to its
+        // ports, so let it in rather than break fragmented traffic the pod
+        // did not send through us.
+        Err(r) if r == DROP_FRAG_NOSUPPORT as i32 => return Ok(TC_ACT_OK as i32),
+        Err(r) => return Err(r),
+    };
+    // Only replies matter here: a flow the pod started has its OUT entry
+    // from from-container; flows from outside are not tracked (no policy
+    // needs them yet).
+    if let Ct::Reply(e) = conntrack::lookup(&p, false) {
+        conntrack::refresh(e, &p, Dir::Reply, conntrack::now());
+        // SAFETY: a pointer into the map's value, from this lookup.
+        let index = unsafe { (*e).rev_nat_index };
+        if index != 0 {
+            nat::xlate_to_frontend(ctx, &mut p, index)?;
+        }
+    }
+    Ok(TC_ACT_OK as i32)
 }

@@ -5,14 +5,23 @@
 //! - `sock_state`: each socket's own record of its services and backends.
 //! - `lb`: service and backend lookups shared by the socket programs.
 //! - `lxc`: the tc programs of a pod's host-side veth; `arp` its ARP responder.
+//! - `ipv4`: header parsing and rewrites (addresses, ports, TTL, MACs) with
+//!   their checksums; `conntrack`: the flow table; `nat`: per-packet service
+//!   translation and its reverse; `ipcache`: what an address is; `metrics`:
+//!   forward and drop counters.
 //! - `maps`: every map, one place, with the pinned names bpftool shows.
 #![no_std]
 #![no_main]
 
 mod arp;
+mod conntrack;
+mod ipcache;
+mod ipv4;
 mod lb;
 mod lxc;
 mod maps;
+mod metrics;
+mod nat;
 mod sock;
 mod sock_state;
 

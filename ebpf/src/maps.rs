@@ -39,8 +39,8 @@ pub static LB4_AFFINITY_MATCH: HashMap<Lb4AffinityMatch, u8> =
     HashMap::pinned(def::LB4_AFFINITY_MATCH.max_entries, 0);
 
 /// Local address -> how to deliver to it (pods) or that it is the node's own.
-/// Read by the ARP responder; the agent's endpoint writer comes with the CNI
-/// ADD (the programs never write it).
+/// Read by the ARP responder and the IPv4 path; the agent's endpoint writer
+/// comes with the CNI ADD (the programs never write it).
 #[map(name = "lxc")]
 pub static LXC: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(def::LXC.max_entries, 0);
 
