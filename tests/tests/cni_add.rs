@@ -477,7 +477,7 @@ fn gc_removes_what_no_live_attachment_owns() {
         "veth",
         "peer",
         "name",
-        "lxcbr0p",
+        "brp",
     ]);
 
     node.gc(&[1, 3]).assert_quiet_success("GC");
