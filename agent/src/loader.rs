@@ -391,6 +391,16 @@ pub fn uninstall(root: &Path, state_dir: &Path, force: bool) -> Result<(), Unins
             }
         }
     }
+    // The lxc programs' links, one directory per lxc (unpinning detaches).
+    let endpoints = crate::endpoints::links::endpoints_dir(root);
+    if let Ok(dir) = fs::read_dir(&endpoints) {
+        for lxc in dir.flatten() {
+            for pin in fs::read_dir(lxc.path()).into_iter().flatten().flatten() {
+                let _ = fs::remove_file(pin.path());
+            }
+            let _ = fs::remove_dir(lxc.path());
+        }
+    }
     for def in maps::ALL {
         let _ = fs::remove_file(root.join(def.name));
     }
@@ -401,5 +411,6 @@ pub fn uninstall(root: &Path, state_dir: &Path, force: bool) -> Result<(), Unins
         _ => Ok(()),
     };
     rm(root.join("links"))?;
+    rm(endpoints)?;
     rm(root.to_path_buf())
 }

@@ -2,6 +2,8 @@
 
 mod cli;
 mod datapath;
+mod durable;
+mod endpoints;
 mod failpoint;
 mod ipam;
 mod k8s;
@@ -10,6 +12,7 @@ mod loader;
 mod lock;
 mod maps;
 mod model;
+mod node;
 mod run;
 mod sources;
 mod state;
@@ -57,6 +60,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BpfCmd,
     },
+    /// The node's pod endpoints.
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointListCmd,
+    },
     /// Services as the datapath sees them.
     Service {
         #[command(subcommand)]
@@ -96,6 +104,9 @@ struct RunArgs {
     /// Without it the agent does no IPAM.
     #[arg(long)]
     pod_cidr: Option<ipam::Ipv4Cidr>,
+    /// Seconds between sweeps of expired conntrack entries.
+    #[arg(long, default_value_t = 30)]
+    ct_gc_interval: u64,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +118,64 @@ enum BpfCmd {
     Endpoint {
         #[command(subcommand)]
         cmd: EndpointCmd,
+    },
+    Ipcache {
+        #[command(subcommand)]
+        cmd: IpcacheCmd,
+    },
+    Ct {
+        #[command(subcommand)]
+        cmd: CtCmd,
+    },
+    Metrics {
+        #[command(subcommand)]
+        cmd: MetricsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtCmd {
+    /// List connection tracking entries (TCP and the rest).
+    List {
+        /// The table to list; only the node-wide one exists.
+        #[arg(value_parser = ["global"])]
+        table: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetricsCmd {
+    /// List forwarded and dropped packets by reason and direction.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointListCmd {
+    /// List endpoints: id, identity, address, lxc and whether its programs
+    /// are attached (run it in the agent's network namespace).
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum IpcacheCmd {
+    /// List the ipcache: every prefix with its identity and tunnel endpoint.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The entry the datapath uses for IP (the kernel's longest-prefix match).
+    Get {
+        ip: std::net::Ipv4Addr,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -174,6 +243,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 pod_cidr: args.pod_cidr,
+                ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
             };
             // Multi-threaded: sources and the API keep answering while the
             // map owner's thread (datapath.rs) runs a long sync.
@@ -205,6 +275,62 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Table => print!("{}", cli::bpf_endpoint_list::table(&entries)),
                 Output::Json => print_json(&entries)?,
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Ipcache { cmd },
+        } => {
+            let map = maps::ipcache::IpcacheMap::open(&cli.bpf_root)?;
+            match cmd {
+                IpcacheCmd::List { output } => {
+                    let entries = map.entries()?;
+                    match output {
+                        Output::Table => print!("{}", cli::bpf_ipcache::table(&entries)),
+                        Output::Json => print_json(&entries)?,
+                    }
+                }
+                IpcacheCmd::Get { ip, output } => {
+                    let l = cli::bpf_ipcache::lookup(ip, map.lookup(ip)?);
+                    match output {
+                        Output::Table => print!("{}", cli::bpf_ipcache::get_text(&l)),
+                        Output::Json => print_json(&l)?,
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Ct {
+                cmd: CtCmd::List { table: _, output },
+            },
+        } => {
+            let rows = maps::ct::CtMaps::open(&cli.bpf_root)?.rows()?;
+            match output {
+                Output::Table => print!("{}", cli::bpf_ct_metrics::ct_table(&rows)),
+                Output::Json => print_json(&rows)?,
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Metrics {
+                cmd: MetricsCmd::List { output },
+            },
+        } => {
+            let rows = maps::metrics::rows(&cli.bpf_root)?;
+            match output {
+                Output::Table => print!("{}", cli::bpf_ct_metrics::metrics_table(&rows)),
+                Output::Json => print_json(&rows)?,
+            }
+            Ok(())
+        }
+        Cmd::Endpoint {
+            cmd: EndpointListCmd::List { output },
+        } => {
+            let rows = cli::endpoint_list::rows(endpoints::recorded(&cli.state_dir)?);
+            match output {
+                Output::Table => print!("{}", cli::endpoint_list::table(&rows)),
+                Output::Json => print_json(&rows)?,
             }
             Ok(())
         }

@@ -7,15 +7,20 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     datapath,
+    endpoints::Manager,
     ipam::{Ipam, Ipv4Cidr},
     lb::{Programmed, Reconciler},
     loader::{self, MapSizes},
     lock,
-    maps::LbMaps,
+    maps::{
+        ct::{self, CtMaps},
+        LbMaps,
+    },
+    node,
     sources::{
         cni_api::{self, CniApi},
         manifest_dir::ManifestSource,
@@ -36,6 +41,57 @@ pub struct RunConfig {
     pub pod_cidr: Option<Ipv4Cidr>,
     /// Full resync period, a safety net behind the directory watch.
     pub resync: Duration,
+    /// Period of the conntrack expiry sweep.
+    pub ct_gc_interval: Duration,
+}
+
+/// The endpoint manager, with the node's side of the pod network in place:
+/// `lash_host` holding the gateway (when there is a pod range), the node's
+/// own addresses marked as the host's, and the endpoints an earlier agent
+/// left taken over.
+async fn start_endpoints(ebpf: aya::Ebpf, cfg: &RunConfig) -> anyhow::Result<Arc<Mutex<Manager>>> {
+    let mut manager = Manager::open(ebpf, &cfg.bpf_root, &cfg.state_dir, cfg.pod_cidr)?;
+    if let Some(cidr) = cfg.pod_cidr {
+        node::ensure_host_device(cidr.gateway()).await?;
+        info!(device = node::HOST_DEVICE, gateway = %cidr.gateway(), "host device ready");
+    }
+    let addresses = node::ipv4_addresses().await?;
+    let restored = tokio::task::spawn_blocking(move || {
+        manager.set_host_addresses(&addresses)?;
+        let restored = manager.restore()?;
+        Ok::<_, anyhow::Error>((manager, restored))
+    })
+    .await??;
+    let (manager, restored) = restored;
+    info!(
+        taken_over = restored.taken_over,
+        gone = restored.gone.len(),
+        swept = restored.swept,
+        "endpoints restored"
+    );
+    Ok(Arc::new(Mutex::new(manager)))
+}
+
+/// Every `interval`, deletes the conntrack entries whose lifetime has ended
+/// (the agent's only write to those maps; the programs own the rest).
+async fn sweep_conntrack(bpf_root: PathBuf, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let root = bpf_root.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut ct = CtMaps::open(&root)?;
+            Ok::<_, anyhow::Error>(ct.sweep(ct::monotonic_now())?)
+        })
+        .await;
+        match r {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => debug!(removed = n, "expired conntrack entries removed"),
+            Ok(Err(e)) => warn!("conntrack sweep: {e}"),
+            Err(e) => warn!("conntrack sweep task: {e}"),
+        }
+    }
 }
 
 fn unix_now() -> f64 {
@@ -65,6 +121,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let maps = LbMaps::open_pinned(&cfg.bpf_root)?;
     loader::attach_sock_programs(&mut ebpf, &cfg.bpf_root, &cfg.cgroup)?;
     info!(bpf_root = %cfg.bpf_root.display(), cgroup = %cfg.cgroup.display(), "socket programs attached");
+    let endpoints = start_endpoints(ebpf, &cfg).await?;
 
     let programmed = Programmed::from_entries(
         maps.services_entries()?,
@@ -88,6 +145,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         cgroup: cfg.cgroup.clone(),
         manifests: cfg.manifests.clone(),
         ipam: ipam.as_ref().map(|i| i.usage()),
+        endpoints: Some(
+            endpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .summary(),
+        ),
         ..Default::default()
     }));
     let publish = {
@@ -109,11 +172,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let ipam_changed = {
+    let api_changed = {
         let (status, ipam, state_dir) = (status.clone(), ipam.clone(), cfg.state_dir.clone());
+        let endpoints = endpoints.clone();
         move || {
+            let summary = endpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .summary();
             let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
             status.ipam = ipam.as_ref().map(|i| i.usage());
+            status.endpoints = Some(summary);
             // Before the first sync there is no status file to update yet.
             if status.syncs > 0 {
                 if let Err(e) = state::write_status(&state_dir, &status) {
@@ -125,9 +194,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (tx, owner) = datapath::spawn(Reconciler::new(programmed), maps, publish);
 
     let (api_stop_tx, api_stop_rx) = tokio::sync::mpsc::channel(1);
-    let api = CniApi::new(ipam.clone(), Arc::new(ipam_changed));
+    let api = CniApi::new(ipam.clone(), endpoints.clone(), Arc::new(api_changed));
     let socket = lash_api::socket_path(&cfg.state_dir);
     let api_task = tokio::spawn(async move { cni_api::serve(api, &socket, api_stop_rx).await });
+
+    let ct_gc = tokio::spawn(sweep_conntrack(cfg.bpf_root.clone(), cfg.ct_gc_interval));
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let source =
@@ -160,6 +231,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     if !source.is_finished() {
         let _ = source.await;
     }
+    ct_gc.abort();
     tokio::task::spawn_blocking(move || owner.join()).await.ok();
     info!("exiting; the datapath stays programmed and attached (`agent uninstall` removes it)");
     result

@@ -37,6 +37,9 @@ pub struct AgentStatus {
     /// Pod addresses, when the agent runs with --pod-cidr.
     #[serde(default)]
     pub ipam: Option<crate::ipam::Usage>,
+    /// Endpoints and the lxc program links pinned for them.
+    #[serde(default)]
+    pub endpoints: Option<crate::endpoints::Summary>,
 }
 
 pub fn status_path(state_dir: &Path) -> PathBuf {

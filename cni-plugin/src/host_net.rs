@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use futures_util::TryStreamExt;
+use futures::TryStreamExt;
 use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
     AddressFamily,

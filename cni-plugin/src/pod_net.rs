@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures_util::TryStreamExt;
+use futures::TryStreamExt;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope},

@@ -4,7 +4,7 @@
 
 use std::{fmt, io};
 
-use futures_util::TryStreamExt;
+use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::Handle;
 

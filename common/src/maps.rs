@@ -6,14 +6,22 @@
 
 use core::mem::size_of;
 
-use crate::endpoint::{EndpointInfo, EndpointKey};
+use crate::ct::{CtEntry, Ipv4CtTuple};
+use crate::endpoint::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 use crate::lb::*;
+use crate::metrics::{MetricsKey, MetricsValue};
 
 /// The BPF map type, as `bpftool map show` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapKind {
     Hash,
+    /// A hash whose least recently used entries make room for new ones.
+    LruHash,
+    /// One value per CPU and key: a reader sums.
+    PerCpuHash,
     PerCpuArray,
+    /// Longest-prefix match; created with BPF_F_NO_PREALLOC.
+    LpmTrie,
     /// Socket-local storage: one value per socket, freed with the socket.
     /// Keyed by a socket fd from user space; has no capacity (max_entries 0).
     SkStorage,
@@ -23,7 +31,10 @@ impl MapKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             MapKind::Hash => "hash",
+            MapKind::LruHash => "lru_hash",
+            MapKind::PerCpuHash => "percpu_hash",
             MapKind::PerCpuArray => "percpu_array",
+            MapKind::LpmTrie => "lpm_trie",
             MapKind::SkStorage => "sk_storage",
         }
     }
@@ -108,6 +119,21 @@ pub const LB4_AFFINITY_MATCH: MapDef = def::<Lb4AffinityMatch, u8>(
 pub const LXC: MapDef =
     def::<EndpointKey, EndpointInfo>("lxc", MapKind::Hash, 65535, Sizing::Fixed);
 
+/// Address prefix -> what it is (security identity, the node carrying it).
+/// Longest prefix wins; sized as Cilium's default.
+pub const IPCACHE: MapDef =
+    def::<IpcacheKey, RemoteEndpointInfo>("ipcache", MapKind::LpmTrie, 512000, Sizing::Fixed);
+/// Connection tracking of TCP flows (see `ct` for the tuple convention).
+pub const CT4_GLOBAL: MapDef =
+    def::<Ipv4CtTuple, CtEntry>("ct4_global", MapKind::LruHash, 524288, Sizing::Fixed);
+/// Connection tracking of every other protocol.
+pub const CT_ANY4_GLOBAL: MapDef =
+    def::<Ipv4CtTuple, CtEntry>("ct_any4_global", MapKind::LruHash, 262144, Sizing::Fixed);
+/// Packets and bytes the tc programs forwarded or dropped, by reason and
+/// direction, per CPU.
+pub const METRICS: MapDef =
+    def::<MetricsKey, MetricsValue>("metrics", MapKind::PerCpuHash, 1024, Sizing::Fixed);
+
 /// Every map, in the order listings show them.
 pub const ALL: &[MapDef] = &[
     LB4_SERVICES,
@@ -117,4 +143,8 @@ pub const ALL: &[MapDef] = &[
     LB4_SOCK_STATE,
     LB4_SOCK_EVENTS,
     LXC,
+    IPCACHE,
+    CT4_GLOBAL,
+    CT_ANY4_GLOBAL,
+    METRICS,
 ];

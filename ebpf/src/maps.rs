@@ -7,11 +7,14 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC},
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lash_common::{
-    endpoint::{EndpointInfo, EndpointKey},
-    maps as def, Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, SockLbState,
+    ct::{CtEntry, Ipv4CtTuple},
+    endpoint::{EndpointInfo, EndpointKey, RemoteEndpointInfo},
+    maps as def,
+    metrics::{MetricsKey, MetricsValue},
+    Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, SockLbState,
 };
 
 /// (frontend, slot) -> service entry or backend id.
@@ -40,6 +43,28 @@ pub static LB4_AFFINITY_MATCH: HashMap<Lb4AffinityMatch, u8> =
 /// ADD (the programs never write it).
 #[map(name = "lxc")]
 pub static LXC: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(def::LXC.max_entries, 0);
+
+/// Address prefix -> identity and tunnel endpoint. aya's LPM key is the
+/// prefix length followed by the data: the 20 bytes of `IpcacheKey` after its
+/// `prefixlen` (see `ipcache::lookup`). Written by the agent only.
+#[map(name = "ipcache")]
+pub static IPCACHE: LpmTrie<[u8; 20], RemoteEndpointInfo> =
+    LpmTrie::pinned(def::IPCACHE.max_entries, 0);
+
+/// Conntrack of TCP flows.
+#[map(name = "ct4_global")]
+pub static CT4_GLOBAL: LruHashMap<Ipv4CtTuple, CtEntry> =
+    LruHashMap::pinned(def::CT4_GLOBAL.max_entries, 0);
+
+/// Conntrack of everything but TCP.
+#[map(name = "ct_any4_global")]
+pub static CT_ANY4_GLOBAL: LruHashMap<Ipv4CtTuple, CtEntry> =
+    LruHashMap::pinned(def::CT_ANY4_GLOBAL.max_entries, 0);
+
+/// Forwarded and dropped packets by reason and direction, per CPU.
+#[map(name = "metrics")]
+pub static METRICS: PerCpuHashMap<MetricsKey, MetricsValue> =
+    PerCpuHashMap::pinned(def::METRICS.max_entries, 0);
 
 /// Counters of what the socket programs had to do without (`SOCK_EV_*`), per
 /// CPU: the BPF target has no atomic add to offer, and a reader sums anyway.

@@ -71,7 +71,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<String> {
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").args(args))
 }
 
@@ -235,7 +235,8 @@ impl Sandbox {
         Ok(())
     }
 
-    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+    /// Makes network namespace `name` (loopback up), removed with the sandbox.
+    pub fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
         ip(&["netns", "add", name])?;
         self.namespaces.push(name.to_string());
         ip(&["-n", name, "link", "set", "lo", "up"])?;
@@ -292,10 +293,17 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Base command for the agent binary on this sandbox's bpffs and state dirs.
+    /// Base command for the agent binary on this sandbox's bpffs and state
+    /// dirs, run inside the node namespace: what the agent makes for pods
+    /// (`lash_host`, the lxcs' programs) and the addresses it reads as the
+    /// node's own must be the sandbox's, never the machine's. nsenter, not
+    /// `ip netns exec`, keeps /sys (bpffs, cgroups) visible, and execs the
+    /// agent in place, so the child's pid is the agent's.
     pub fn agent_cmd(&self) -> Command {
-        let mut c = Command::new(bin("agent"));
-        c.arg("--bpf-root")
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.node_ns))
+            .arg(bin("agent"))
+            .arg("--bpf-root")
             .arg(&self.bpf_root)
             .arg("--state-dir")
             .arg(self.state_dir());

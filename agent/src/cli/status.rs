@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use crate::{ipam, loader, maps, state};
+use crate::{endpoints, ipam, loader, maps, state};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -21,6 +21,8 @@ pub struct Status {
     /// Pod addresses, as the agent last reported them; `null` when it runs
     /// without --pod-cidr.
     pub ipam: Option<ipam::Usage>,
+    /// Endpoints and their pinned program links, as the agent last reported.
+    pub endpoints: Option<endpoints::Summary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +61,7 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
         syncs: st.as_ref().map(|s| s.syncs),
         errors: st.as_ref().map(|s| s.errors.clone()).unwrap_or_default(),
         warnings: st.as_ref().map(|s| s.warnings.clone()).unwrap_or_default(),
+        endpoints: st.as_ref().and_then(|s| s.endpoints),
         ipam: st.and_then(|s| s.ipam),
     }
 }
@@ -92,6 +95,15 @@ pub fn table(s: &Status) -> String {
             out,
             "IPAM:       {} (gateway {}), {}/{} addresses in use",
             u.cidr, u.gateway, u.used, u.total
+        );
+    }
+    if let Some(e) = &s.endpoints {
+        let _ = writeln!(
+            out,
+            "Endpoints:  {} (lxc programs: {} of {} links pinned)",
+            e.endpoints,
+            e.links_pinned,
+            e.endpoints * crate::endpoints::links::LXC_PROGRAMS.len()
         );
     }
     let _ = writeln!(out, "Maps:");
@@ -141,6 +153,7 @@ mod tests {
             errors: vec![],
             warnings: vec![],
             ipam,
+            endpoints: None,
         }
     }
 

@@ -144,11 +144,11 @@ impl Ipam {
 
 /// A fresh directory under the system temp dir, removed on drop.
 #[cfg(test)]
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 #[cfg(test)]
 impl TempDir {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let p = std::env::temp_dir().join(format!(

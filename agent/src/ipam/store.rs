@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -77,32 +76,15 @@ impl Store {
         })
     }
 
-    /// Replaces the file with `pool`: write a temporary file in the same
-    /// directory, sync it, rename it over the old one, sync the directory (so
-    /// the rename itself survives a power cut).
+    /// Replaces the file with `pool`, durably (see [`crate::durable`]).
     pub fn save(&self, pool: &Pool) -> Result<(), IpamError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(self.io(dir))?;
         let disk = OnDisk {
             cidr: pool.cidr(),
             last: pool.last(),
             allocations: pool.allocations().clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&disk).map_err(std::io::Error::other);
-        let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes?)?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(self.io(&tmp)(e));
-        }
-        fs::rename(&tmp, &self.path).map_err(self.io(&self.path))?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.io(dir))
+        let bytes = serde_json::to_vec_pretty(&disk).map_err(|e| self.io(&self.path)(e.into()))?;
+        crate::durable::replace(&self.path, &bytes).map_err(self.io(&self.path))
     }
 }
 

@@ -7,11 +7,14 @@
 //! where desired state comes from (k8s/) nor in which order writes must happen
 //! (lb/).
 
+pub mod ct;
+pub mod ipcache;
 pub mod lb4_affinity_match;
 pub mod lb4_backends;
 pub mod lb4_reverse_nat;
 pub mod lb4_services;
 pub mod lxc;
+pub mod metrics;
 mod pinned;
 mod writer;
 

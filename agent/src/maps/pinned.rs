@@ -57,10 +57,10 @@ pub struct LbMaps {
     capacity: Capacity,
 }
 
-pub(crate) fn open<K: aya::Pod, V: aya::Pod>(
-    root: &Path,
-    def: &MapDef,
-) -> Result<(Hash<K, V>, u32), MapsError> {
+/// The map pinned for `def` under `root`, as aya's untyped handle, and its
+/// capacity; the typed views (hash, LRU hash, LPM trie, per-CPU hash) come
+/// from it.
+pub(crate) fn open_map(root: &Path, def: &MapDef) -> Result<(Map, u32), MapsError> {
     let name = def.name;
     let path = root.join(name);
     if !path.exists() {
@@ -77,8 +77,29 @@ pub(crate) fn open<K: aya::Pod, V: aya::Pod>(
         path: path.clone(),
         source,
     })?;
-    let hash = HashMap::try_from(map).map_err(|source| MapsError::Layout { name, path, source })?;
-    Ok((hash, max))
+    Ok((map, max))
+}
+
+/// A typed view of `map` (opened for `def` under `root`), or the layout error
+/// naming it.
+pub(crate) fn typed<M: TryFrom<Map, Error = MapError>>(
+    root: &Path,
+    def: &MapDef,
+    map: Map,
+) -> Result<M, MapsError> {
+    M::try_from(map).map_err(|source| MapsError::Layout {
+        name: def.name,
+        path: root.join(def.name),
+        source,
+    })
+}
+
+pub(crate) fn open<K: aya::Pod, V: aya::Pod>(
+    root: &Path,
+    def: &MapDef,
+) -> Result<(Hash<K, V>, u32), MapsError> {
+    let (map, max) = open_map(root, def)?;
+    Ok((typed(root, def, map)?, max))
 }
 
 impl LbMaps {
@@ -202,7 +223,7 @@ pub fn fill(path: &Path) -> Option<MapFill> {
     })
 }
 
-fn write_err(map: &'static str, op: &'static str, e: MapError) -> MapWriteError {
+pub(crate) fn write_err(map: &'static str, op: &'static str, e: MapError) -> MapWriteError {
     let source = match e {
         MapError::SyscallError(s) => s.io_error,
         other => std::io::Error::other(other.to_string()),
@@ -211,7 +232,7 @@ fn write_err(map: &'static str, op: &'static str, e: MapError) -> MapWriteError 
 }
 
 /// Deleting what is already gone is success: the end state is the one wanted.
-fn deleted(r: Result<(), MapError>, map: &'static str) -> Result<(), MapWriteError> {
+pub(crate) fn deleted(r: Result<(), MapError>, map: &'static str) -> Result<(), MapWriteError> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

@@ -1,15 +1,15 @@
 //! The agent's local gRPC API for lash-cni (api/proto/lash/v1/cni.proto),
 //! on a unix socket under the state dir, mode 0600.
 //!
-//! Today it serves addresses from IPAM; endpoints (veths, the lxc map, tc
-//! programs) join it as the next step of the CNI work, as commands to the
-//! map owner like every other source's.
+//! It serves addresses from IPAM and endpoints from the endpoint manager
+//! (the one writer of the lxc and ipcache maps and of the lxc programs'
+//! links); both do their work off the runtime.
 
 use std::{
     collections::HashSet,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use lash_api::{
@@ -29,7 +29,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::ipam::{Ipam, IpamError};
+use super::cni_messages as messages;
+use crate::{
+    endpoints::{EndpointError, Manager},
+    ipam::{Ipam, IpamError},
+};
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -51,12 +55,42 @@ pub enum ServeError {
 /// the runtime, so the status the agent publishes follows the allocations.
 pub struct CniApi {
     ipam: Option<Arc<Ipam>>,
+    endpoints: Arc<Mutex<Manager>>,
     changed: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl CniApi {
-    pub fn new(ipam: Option<Arc<Ipam>>, changed: Arc<dyn Fn() + Send + Sync>) -> Self {
-        CniApi { ipam, changed }
+    pub fn new(
+        ipam: Option<Arc<Ipam>>,
+        endpoints: Arc<Mutex<Manager>>,
+        changed: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        CniApi {
+            ipam,
+            endpoints,
+            changed,
+        }
+    }
+
+    /// Runs an endpoint call off the runtime (netlink queries, map writes,
+    /// a synced file), one at a time; `changed` follows a success.
+    async fn with_endpoints<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Manager) -> Result<T, EndpointError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let (endpoints, changed) = (self.endpoints.clone(), self.changed.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            let mut m = endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            let r = f(&mut m);
+            drop(m);
+            if r.is_ok() {
+                changed();
+            }
+            r
+        })
+        .await
+        .map_err(|e| Status::internal(format!("endpoint task: {e}")))?;
+        r.map_err(messages::status)
     }
 
     fn ipam(&self) -> Result<Arc<Ipam>, Status> {
@@ -161,7 +195,7 @@ impl Cni for CniApi {
                     gateway: u.gateway.to_string(),
                     addresses_used: u.used as u32,
                     addresses_total: u.total as u32,
-                    endpoints: 0,
+                    endpoints: self.endpoints.lock().map(|m| m.len()).unwrap_or(0) as u32,
                 }
             }
             None => StatusReply::default(),
@@ -171,37 +205,70 @@ impl Cni for CniApi {
 
     async fn create_endpoint(
         &self,
-        _req: Request<CreateEndpointRequest>,
+        req: Request<CreateEndpointRequest>,
     ) -> Result<Response<CreateEndpointReply>, Status> {
-        Err(Status::unimplemented("endpoints are not served yet"))
+        let e = req
+            .into_inner()
+            .endpoint
+            .ok_or_else(|| Status::invalid_argument("no endpoint in the request"))?;
+        attachment(e.attachment.clone())?;
+        let spec = messages::spec(e)?;
+        let view = self.with_endpoints(move |m| m.create(spec)).await?;
+        Ok(Response::new(CreateEndpointReply {
+            endpoint: Some(messages::message(&view)),
+        }))
     }
 
     async fn delete_endpoint(
         &self,
-        _req: Request<DeleteEndpointRequest>,
+        req: Request<DeleteEndpointRequest>,
     ) -> Result<Response<DeleteEndpointReply>, Status> {
-        Err(Status::unimplemented("endpoints are not served yet"))
+        let owner = attachment(req.into_inner().attachment)?.owner();
+        let deleted = self.with_endpoints(move |m| m.delete(&owner)).await?;
+        Ok(Response::new(DeleteEndpointReply {
+            deleted: deleted.as_ref().map(messages::message),
+        }))
     }
 
     async fn get_endpoint(
         &self,
-        _req: Request<GetEndpointRequest>,
+        req: Request<GetEndpointRequest>,
     ) -> Result<Response<Endpoint>, Status> {
-        Err(Status::unimplemented("endpoints are not served yet"))
+        let a = attachment(req.into_inner().attachment)?;
+        let owner = a.owner();
+        match self.with_endpoints(move |m| Ok(m.get(&owner))).await? {
+            Some(v) => Ok(Response::new(messages::message(&v))),
+            None => Err(Status::not_found(format!(
+                "no endpoint for {}/{}",
+                a.container_id, a.ifname
+            ))),
+        }
     }
 
     async fn list_endpoints(
         &self,
         _req: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsReply>, Status> {
-        Err(Status::unimplemented("endpoints are not served yet"))
+        let all = self.with_endpoints(|m| Ok(m.list())).await?;
+        Ok(Response::new(ListEndpointsReply {
+            endpoints: all.iter().map(messages::message).collect(),
+        }))
     }
 
     async fn retain_endpoints(
         &self,
-        _req: Request<RetainEndpointsRequest>,
+        req: Request<RetainEndpointsRequest>,
     ) -> Result<Response<RetainEndpointsReply>, Status> {
-        Err(Status::unimplemented("endpoints are not served yet"))
+        let keep: HashSet<String> = req
+            .into_inner()
+            .keep
+            .into_iter()
+            .map(|a| attachment(Some(a)).map(|a| a.owner()))
+            .collect::<Result<_, _>>()?;
+        let deleted = self.with_endpoints(move |m| m.retain(&keep)).await?;
+        Ok(Response::new(RetainEndpointsReply {
+            deleted: deleted.iter().map(messages::message).collect(),
+        }))
     }
 }
 

@@ -1,12 +1,14 @@
 //! Where desired state comes from. Each source runs as a task, keeps its own
 //! index of what it knows, and sends [`crate::datapath::Command`]s to the map
-//! owner; none of them touches a map. (`cni_api` sends none yet: it serves
-//! addresses from IPAM until endpoints, which are map state, join it.)
+//! owner; none of them touches a map. (`cni_api` is the exception that
+//! proves it: it hands endpoints to [`crate::endpoints::Manager`], the one
+//! owner of the endpoint maps, as the others hand services to the map owner.)
 //!
 //! - `manifest_dir`: a directory of Service and EndpointSlice manifests
 //!   (standalone mode).
-//! - `cni_api`: the local gRPC API lash-cni calls (addresses today;
-//!   endpoints next).
+//! - `cni_api`: the local gRPC API lash-cni calls (addresses, endpoints),
+//!   with `cni_messages` between its messages and the agent's types.
 
 pub mod cni_api;
+mod cni_messages;
 pub mod manifest_dir;
