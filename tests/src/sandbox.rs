@@ -310,6 +310,12 @@ impl Sandbox {
         c
     }
 
+    /// The node namespace's path, where a CNI plugin must run to make pods'
+    /// veths next to the agent.
+    pub fn node_netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.node_ns)
+    }
+
     /// Runs an agent CLI command and returns its stdout.
     pub fn agent_cli(&self, args: &[&str]) -> anyhow::Result<String> {
         run(self.agent_cmd().args(args))
@@ -331,44 +337,10 @@ impl Sandbox {
 
     /// The same, waiting up to `timeout` for the first reconcile.
     pub fn start_agent_timeout(&mut self, extra: &[&str], timeout: Duration) -> anyhow::Result<()> {
-        self.spawn_agent(self.agent_cmd(), extra, timeout)
-    }
-
-    /// Starts `agent run` inside the node namespace, where a CNI plugin run
-    /// with `node_netns_path` makes the pods' veths (the agent attaches its
-    /// programs to them by ifindex, in its own namespace).
-    pub fn start_agent_in_node(&mut self, extra: &[&str]) -> anyhow::Result<()> {
-        let ns = std::fs::File::open(self.node_netns_path())?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
-        let mut cmd = self.agent_cmd();
-        // SAFETY: setns is async-signal-safe; `ns` stays open until spawned.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let started = self.spawn_agent(cmd, extra, Duration::from_secs(20));
-        drop(ns);
-        started
-    }
-
-    /// The node namespace's path, for setns.
-    pub fn node_netns_path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.node_ns)
-    }
-
-    fn spawn_agent(
-        &mut self,
-        mut cmd: Command,
-        extra: &[&str],
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(self.state_dir().join("status.json"));
         let log = std::fs::File::create(self.work.join("agent.log"))?;
-        let child = cmd
+        let child = self
+            .agent_cmd()
             .arg("run")
             .arg("--manifests")
             .arg(self.manifests())

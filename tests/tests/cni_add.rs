@@ -104,8 +104,8 @@ struct Node {
 impl Node {
     fn new(tag: &str, cidr: &str) -> Node {
         let mut sb = Sandbox::new(tag, 0).expect("sandbox");
-        sb.start_agent_in_node(&["--pod-cidr", cidr])
-            .expect("agent in the node namespace");
+        // (The sandbox runs the agent inside the node namespace.)
+        sb.start_agent(&["--pod-cidr", cidr]).expect("agent");
         let socket = lash_api::socket_path(&sb.state_dir());
         let conf = json!({"cniVersion": "1.0.0", "name": "lash", "type": "lash-cni",
                           "agentSocket": socket.to_str().unwrap()});
@@ -269,7 +269,23 @@ fn add_check_and_del_against_the_agent() {
     let container = id(1);
     let lxc = lxc_name(&container, "eth0");
 
-    let result = succeeded(&node.add(&container, &pod.path(), "eth0"), "ADD");
+    // A node whose `all` value is strict: the lxc's own 0 would not count
+    // (the kernel uses the larger), so ADD sets `all` to 0 as well.
+    ip(&[
+        "netns",
+        "exec",
+        node.ns(),
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.rp_filter=1",
+    ]);
+    let add = node.add(&container, &pod.path(), "eth0");
+    assert!(
+        add.stderr.contains("net.ipv4.conf.all.rp_filter"),
+        "{}",
+        add.stderr
+    );
+    let result = succeeded(&add, "ADD");
     let gateway: Ipv4Addr = node
         .api(async |c| {
             c.status(StatusRequest {})
@@ -552,7 +568,9 @@ fn a_failed_add_leaves_nothing_behind() {
     // fails after the veth was made, the host end set up and the address
     // given. All of it is undone.
     // (A veth inside the container: this kernel has no dummy devices.)
-    ip(&["-n", &pod.name, "link", "add", "d0", "type", "veth", "peer", "name", "d0p"]);
+    ip(&[
+        "-n", &pod.name, "link", "add", "d0", "type", "veth", "peer", "name", "d0p",
+    ]);
     ip(&["-n", &pod.name, "link", "set", "d0", "up"]);
     ip(&["-n", &pod.name, "route", "add", "default", "dev", "d0"]);
     let run = node.add(&id(3), &pod.path(), "eth0");
