@@ -19,12 +19,15 @@ use std::{
 
 use lash_api::{
     v1::{
-        cni_client::CniClient, ReleaseAddressRequest, Released, RetainAddressesRequest,
-        StatusReply, StatusRequest,
+        cni_client::CniClient, AllocateAddressReply, AllocateAddressRequest, CreateEndpointRequest,
+        DeleteEndpointRequest, Endpoint, GetEndpointRequest, ReleaseAddressRequest, Released,
+        RetainAddressesRequest, RetainEndpointsRequest, StatusReply, StatusRequest,
     },
     Attachment,
 };
 use tonic::{transport::Channel, Code};
+
+use crate::error::codes;
 
 /// Where the agent listens unless the config says otherwise: the socket
 /// under the agent's default state dir.
@@ -36,21 +39,6 @@ pub fn default_socket() -> PathBuf {
 /// memory and one fsync of its IPAM file; ten seconds is an agent in
 /// trouble, and the runtime's own timeout for the whole verb is longer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Plugin-specific CNI codes (the spec leaves 100 and up to plugins).
-pub mod codes {
-    /// The node's pod CIDR has no free address. No well-known code fits: 11
-    /// ("try again later") would have the runtime retry at once what only a
-    /// deleted pod or a larger range fixes, and 5 (I/O) or 7 (config) would
-    /// point at the wrong thing.
-    pub const RANGE_EXHAUSTED: u32 = 100;
-    /// The agent runs without `--pod-cidr`, so it has no addresses to give:
-    /// a node misconfiguration, not a transient state.
-    pub const NO_POD_CIDR: u32 = 101;
-
-    // The spec reserves codes below 100 for itself.
-    const _: () = assert!(RANGE_EXHAUSTED >= 100 && NO_POD_CIDR >= 100);
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentProblem {
@@ -82,11 +70,29 @@ pub enum AgentProblem {
     #[error("the pod CIDR {cidr} has no free address ({used} of {total} in use)")]
     RangeFull { cidr: String, used: u32, total: u32 },
 
+    /// The agent answered, with something we cannot use.
+    #[error(
+        "the lash agent at {} answered {field} {value:?}, which is not an IPv4 address",
+        socket.display()
+    )]
+    BadReply {
+        socket: PathBuf,
+        field: &'static str,
+        value: String,
+    },
+
     #[error("cannot start the client runtime")]
     Runtime(#[source] io::Error),
 }
 
 impl AgentProblem {
+    /// An agent that does not serve the call at all: one without endpoint
+    /// support. Such an agent holds no endpoints, so for DEL and GC there is
+    /// nothing to remove; ADD and CHECK, which need one, still fail (11).
+    fn is_unimplemented(&self) -> bool {
+        matches!(self, AgentProblem::Refused { status, .. } if status.code() == Code::Unimplemented)
+    }
+
     /// The CNI error code for a verb that failed this way.
     pub fn code(&self) -> u32 {
         match self {
@@ -106,9 +112,17 @@ impl AgentProblem {
             },
             AgentProblem::NoPodCidr { .. } => codes::NO_POD_CIDR,
             AgentProblem::RangeFull { .. } => codes::RANGE_EXHAUSTED,
-            AgentProblem::Runtime(_) => 5,
+            // An agent that answers nonsense will not answer better soon.
+            AgentProblem::BadReply { .. } | AgentProblem::Runtime(_) => 5,
         }
     }
+}
+
+/// An address the agent gave an attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub address: Ipv4Addr,
+    pub gateway: Ipv4Addr,
 }
 
 /// The agent at one socket.
@@ -145,6 +159,87 @@ impl Agent {
             });
         }
         Ok(())
+    }
+
+    /// The attachment's address (the same one again if it has one already)
+    /// and the gateway the pod routes through.
+    pub fn allocate(&self, attachment: Attachment) -> Result<Lease, AgentProblem> {
+        let reply: AllocateAddressReply = self.call(|mut c| async move {
+            c.allocate_address(AllocateAddressRequest {
+                attachment: Some(attachment),
+            })
+            .await
+        })?;
+        let parse = |field, value: &str| {
+            value
+                .parse::<Ipv4Addr>()
+                .map_err(|_| AgentProblem::BadReply {
+                    socket: self.socket.clone(),
+                    field,
+                    value: value.to_string(),
+                })
+        };
+        Ok(Lease {
+            address: parse("address", &reply.address)?,
+            gateway: parse("gateway", &reply.gateway)?,
+        })
+    }
+
+    /// Makes the host-side veth an endpoint; the agent's view of it back.
+    pub fn create_endpoint(&self, endpoint: Endpoint) -> Result<Endpoint, AgentProblem> {
+        let reply = self.call(|mut c| async move {
+            c.create_endpoint(CreateEndpointRequest {
+                endpoint: Some(endpoint),
+            })
+            .await
+        })?;
+        Ok(reply.endpoint.unwrap_or_default())
+    }
+
+    /// Removes the attachment's endpoint; None when it had none.
+    pub fn delete_endpoint(
+        &self,
+        attachment: Attachment,
+    ) -> Result<Option<Endpoint>, AgentProblem> {
+        let reply = self.call(|mut c| async move {
+            c.delete_endpoint(DeleteEndpointRequest {
+                attachment: Some(attachment),
+            })
+            .await
+        });
+        match reply {
+            Ok(reply) => Ok(reply.deleted),
+            Err(p) if p.is_unimplemented() => Ok(None),
+            Err(p) => Err(p),
+        }
+    }
+
+    /// The attachment's endpoint as the agent sees it; None when it has none.
+    pub fn get_endpoint(&self, attachment: Attachment) -> Result<Option<Endpoint>, AgentProblem> {
+        let reply = self.call(|mut c| async move {
+            c.get_endpoint(GetEndpointRequest {
+                attachment: Some(attachment),
+            })
+            .await
+        });
+        match reply {
+            Ok(endpoint) => Ok(Some(endpoint)),
+            Err(AgentProblem::Refused { status, .. }) if status.code() == Code::NotFound => {
+                Ok(None)
+            }
+            Err(p) => Err(p),
+        }
+    }
+
+    /// Removes every endpoint whose attachment is not in `keep`.
+    pub fn retain_endpoints(&self, keep: Vec<Attachment>) -> Result<Vec<Endpoint>, AgentProblem> {
+        let reply = self
+            .call(|mut c| async move { c.retain_endpoints(RetainEndpointsRequest { keep }).await });
+        match reply {
+            Ok(reply) => Ok(reply.deleted),
+            Err(p) if p.is_unimplemented() => Ok(Vec::new()),
+            Err(p) => Err(p),
+        }
     }
 
     /// Frees the attachment's address; None when it held none.

@@ -9,7 +9,37 @@ use std::{fmt, io};
 
 use serde_json::{json, Value};
 
-use crate::{agent::AgentProblem, env::Command, version::CniVersion};
+use crate::{
+    agent::AgentProblem, env::Command, netns::NetnsError, rtnl::NetError, version::CniVersion,
+};
+
+/// Plugin-specific CNI codes (the spec leaves 100 and up to plugins).
+pub mod codes {
+    /// The node's pod CIDR has no free address. No well-known code fits: 11
+    /// ("try again later") would have the runtime retry at once what only a
+    /// deleted pod or a larger range fixes, and 5 (I/O) or 7 (config) would
+    /// point at the wrong thing.
+    pub const RANGE_EXHAUSTED: u32 = 100;
+    /// The agent runs without `--pod-cidr`, so it has no addresses to give:
+    /// a node misconfiguration, not a transient state.
+    pub const NO_POD_CIDR: u32 = 101;
+    /// CNI_NETNS is well formed (else 4) but names no network namespace we
+    /// can enter: it does not exist (the sandbox is gone, or the runtime
+    /// passed a wrong path) or is another kind of file. Not 5: nothing
+    /// failed to read or write, the runtime's namespace is not there.
+    pub const NETNS_UNUSABLE: u32 = 102;
+    /// CHECK found the attachment other than ADD left it: an interface,
+    /// address, route, endpoint or program is missing or different.
+    pub const CHECK_MISMATCH: u32 = 103;
+
+    // The spec reserves codes below 100 for itself.
+    const _: () = assert!(
+        RANGE_EXHAUSTED >= 100
+            && NO_POD_CIDR >= 100
+            && NETNS_UNUSABLE >= 100
+            && CHECK_MISMATCH >= 100
+    );
+}
 
 /// One bad environment variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,15 +119,40 @@ pub enum CniError {
     #[error("not ready for ADD: {0}")]
     NotReady(#[source] AgentProblem),
 
-    /// 11: a verb this build does not carry out yet (ADD and CHECK wait for
-    /// the pod's interface to be made here). "Try again later" is what a
-    /// runtime should do: a newer plugin on the node will serve it.
-    #[error("{what}: this lash-cni does not serve {verb} yet (the agent at {} answers)", socket.display())]
-    NotServedYet {
+    /// 102: CNI_NETNS cannot be opened or entered.
+    #[error("{what}: {source}")]
+    Netns {
         what: String,
-        verb: Command,
-        socket: std::path::PathBuf,
+        #[source]
+        source: NetnsError,
     },
+
+    /// 5: the kernel refused a change to links, addresses or routes, or a
+    /// sysctl could not be written (the message says which and why).
+    #[error("{what}: {source}")]
+    Net {
+        what: String,
+        #[source]
+        source: NetError,
+    },
+
+    /// 103: CHECK found the attachment other than ADD made it; every
+    /// difference is named.
+    #[error("{what}: {}", .missing.join("; "))]
+    CheckMismatch { what: String, missing: Vec<String> },
+
+    /// A failed ADD whose rollback left something behind: the code and
+    /// message are the failure's, the details add what could not be undone.
+    #[error("{cause}")]
+    RollbackIncomplete {
+        cause: Box<CniError>,
+        leftovers: Vec<String>,
+    },
+
+    /// Several independent failures (GC goes on past each): the first one's
+    /// code, every message.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<CniError>),
 }
 
 fn names(problems: &[EnvProblem]) -> String {
@@ -115,7 +170,11 @@ impl CniError {
             CniError::NotJson(_) | CniError::NotAnObject { .. } => 6,
             CniError::InvalidConfig { .. } => 7,
             CniError::Agent { problem, .. } => problem.code(),
-            CniError::NotServedYet { .. } => 11,
+            CniError::Netns { .. } => codes::NETNS_UNUSABLE,
+            CniError::Net { .. } => 5,
+            CniError::CheckMismatch { .. } => codes::CHECK_MISMATCH,
+            CniError::RollbackIncomplete { cause, .. } => cause.code(),
+            CniError::Several(all) => all.first().map_or(5, CniError::code),
             CniError::NotReady(_) => 50,
         }
     }
@@ -136,6 +195,16 @@ impl CniError {
             CniError::UnsupportedVersion { .. } => {
                 format!("lash-cni speaks {}", CniVersion::supported_list())
             }
+            CniError::RollbackIncomplete { cause, leftovers } => format!(
+                "{}; rolling back left behind: {}",
+                cause.details(),
+                leftovers.join("; ")
+            ),
+            CniError::Several(all) => all
+                .iter()
+                .map(CniError::details)
+                .collect::<Vec<_>>()
+                .join("; "),
             other => {
                 let mut parts = Vec::new();
                 let mut source = std::error::Error::source(other);
@@ -224,9 +293,37 @@ mod tests {
                         total: 253,
                     },
                 },
-                crate::agent::codes::RANGE_EXHAUSTED,
+                codes::RANGE_EXHAUSTED,
             ),
             (CniError::NotReady(agent()), 50),
+            (
+                CniError::Netns {
+                    what: "ADD of abc/eth0".into(),
+                    source: NetnsError {
+                        path: "/run/netns/gone".into(),
+                        doing: "cannot open it",
+                        cause: io::Error::from(io::ErrorKind::NotFound),
+                    },
+                },
+                codes::NETNS_UNUSABLE,
+            ),
+            (
+                CniError::Net {
+                    what: "ADD of abc/eth0".into(),
+                    source: NetError::io(
+                        "writing rp_filter",
+                        io::ErrorKind::PermissionDenied.into(),
+                    ),
+                },
+                5,
+            ),
+            (
+                CniError::CheckMismatch {
+                    what: "CHECK of abc/eth0".into(),
+                    missing: vec!["no route".into()],
+                },
+                codes::CHECK_MISMATCH,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.code(), code, "{err}");
@@ -243,6 +340,42 @@ mod tests {
         assert_eq!(
             err.details(),
             "CNI_NETNS is not set (ADD needs it); CNI_IFNAME \"a/b\": must not contain '/'"
+        );
+    }
+
+    #[test]
+    fn a_rollback_that_left_something_keeps_the_cause() {
+        let err = CniError::RollbackIncomplete {
+            cause: Box::new(CniError::Agent {
+                what: "ADD of abc/eth0".into(),
+                problem: AgentProblem::NoPodCidr {
+                    socket: PathBuf::from("/run/lash/cni.sock"),
+                },
+            }),
+            leftovers: vec!["releasing the address: agent gone".into()],
+        };
+        assert_eq!(err.code(), codes::NO_POD_CIDR);
+        assert!(err.msg().contains("--pod-cidr"), "{}", err.msg());
+        assert!(err.details().contains("agent gone"), "{}", err.details());
+    }
+
+    #[test]
+    fn several_failures_take_the_first_code_and_name_all() {
+        let err = CniError::Several(vec![
+            CniError::CheckMismatch {
+                what: "GC".into(),
+                missing: vec!["first".into()],
+            },
+            CniError::Net {
+                what: "GC".into(),
+                source: NetError::io("deleting lxc0", io::ErrorKind::Other.into()),
+            },
+        ]);
+        assert_eq!(err.code(), codes::CHECK_MISMATCH);
+        assert!(
+            err.msg().contains("first") && err.msg().contains("deleting lxc0"),
+            "{}",
+            err.msg()
         );
     }
 

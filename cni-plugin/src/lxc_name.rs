@@ -27,6 +27,14 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     name
 }
 
+/// Whether `name` has the shape `host_veth_name` gives: "lxc" and 12
+/// lowercase hex digits.
+pub fn is_host_veth_name(name: &str) -> bool {
+    name.strip_prefix(PREFIX).is_some_and(|hex| {
+        hex.len() == HEX_DIGITS && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +51,21 @@ mod tests {
         let name = host_veth_name(&"f".repeat(64), "eth0");
         assert_eq!(name.len(), 15);
         assert!(crate::env::check_ifname(&name).is_ok());
+    }
+
+    #[test]
+    fn recognises_its_own_shape_only() {
+        assert!(is_host_veth_name(&host_veth_name("abc", "eth0")));
+        for other in [
+            "lxcbr0",
+            "lxc_health",
+            "lxc1",
+            "lxc0123456789AB",
+            "lxc0123456789abc",
+            "eth0",
+        ] {
+            assert!(!is_host_veth_name(other), "{other}");
+        }
     }
 
     #[test]

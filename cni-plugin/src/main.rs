@@ -3,23 +3,29 @@
 //! The runtime runs it once per verb: `CNI_*` variables in the environment,
 //! the network configuration on stdin, the result or an error object on
 //! stdout (stderr gets a one-line log of errors). Every verb validates its
-//! input fully; VERSION is answered here; STATUS, DEL and GC are served with
-//! the agent's local API (addresses); ADD and CHECK wait for the pod's
-//! interface to be made here and answer "not served yet".
+//! input fully. The plugin runs in the node's network namespace and owns the
+//! pod's veth pair (made on ADD, removed on DEL and GC); the agent, asked
+//! over its local API, gives the address and makes the host end an endpoint
+//! of the datapath (maps, attached programs).
 
+mod add;
 mod agent;
+mod check;
 mod config;
+mod del;
 mod env;
 mod error;
-// The host-side device name and the result types are for ADD's back half
-// (veth creation, the result it prints); for now CHECK and DEL only read a
-// `prevResult` with them.
-#[allow(dead_code)]
+mod gc;
+mod host_net;
 mod lxc_name;
-#[allow(dead_code)]
+mod mac;
+mod netns;
+mod pod_net;
 mod result;
+mod rtnl;
 mod verbs;
 mod version;
+mod veth;
 
 use std::{
     io::{self, Read},

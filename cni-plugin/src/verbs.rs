@@ -1,11 +1,6 @@
 //! One invocation, from environment and stdin to the reply: which verb, are
-//! its variables and configuration valid, then what the verb does.
-//!
-//! Every verb but VERSION needs the agent: STATUS asks whether it can give
-//! an address now, DEL releases the attachment's address, GC releases every
-//! address whose attachment the runtime no longer lists. ADD and CHECK wait
-//! for the pod's interface to be made here; until then they reach the agent
-//! (so an unreachable one is named) and answer "not served yet" (11).
+//! its variables and configuration valid, then the verb (add.rs, check.rs,
+//! del.rs, gc.rs; STATUS is one question to the agent).
 //!
 //! An agent that cannot be reached, or does not answer, is the spec's "try
 //! again later" (11) naming the socket, or 50 for STATUS. That holds for DEL
@@ -16,10 +11,16 @@
 use serde_json::Value;
 
 use crate::{
-    agent::Agent,
+    add,
+    agent::{Agent, AgentProblem},
+    check,
     config::{self, NetConf},
+    del,
     env::{self, Command, Env},
     error::CniError,
+    gc, lxc_name,
+    netns::NetnsError,
+    rtnl::NetError,
     version::{self, CniVersion},
 };
 
@@ -39,6 +40,65 @@ pub fn run(lookup: &impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
     }
 }
 
+/// One verb's inputs, once validated, and how its failures are worded.
+pub struct Call<'a> {
+    pub env: &'a Env,
+    pub agent: Agent,
+    /// The verb and, for attachment verbs, the attachment ("ADD of
+    /// abc/eth0"): runtime logs hold many failures at once.
+    pub what: String,
+}
+
+impl Call<'_> {
+    /// The attachment's container id (env::read made sure it is there for
+    /// attachment verbs).
+    pub fn container_id(&self) -> &str {
+        self.env.container_id.as_deref().unwrap_or_default()
+    }
+
+    pub fn ifname(&self) -> &str {
+        self.env.ifname.as_deref().unwrap_or_default()
+    }
+
+    /// CNI_NETNS (env::read made sure ADD and CHECK have it).
+    pub fn netns_path(&self) -> &std::path::Path {
+        self.env
+            .netns
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+    }
+
+    pub fn attachment(&self) -> lash_api::Attachment {
+        lash_api::Attachment::new(self.container_id(), self.ifname())
+    }
+
+    /// The attachment's host-side veth.
+    pub fn host_ifname(&self) -> String {
+        lxc_name::host_veth_name(self.container_id(), self.ifname())
+    }
+
+    pub fn agent_failed(&self, problem: AgentProblem) -> CniError {
+        CniError::Agent {
+            what: self.what.clone(),
+            problem,
+        }
+    }
+
+    pub fn net_failed(&self, source: NetError) -> CniError {
+        CniError::Net {
+            what: self.what.clone(),
+            source,
+        }
+    }
+
+    pub fn netns_failed(&self, source: NetnsError) -> CniError {
+        CniError::Netns {
+            what: self.what.clone(),
+            source,
+        }
+    }
+}
+
 fn dispatch(
     lookup: &impl Fn(&str) -> Option<String>,
     stdin: &[u8],
@@ -50,45 +110,45 @@ fn dispatch(
     let env = env::read(command, lookup)?;
     let conf = config::parse(stdin, command)?;
     check_verb_allowed(command, &conf)?;
-    let agent = Agent::new(&conf.agent_socket);
-    // Runtime logs hold many failures at once: say which attachment this is.
     let what = match (&env.container_id, &env.ifname) {
         (Some(id), Some(ifname)) => format!("{command} of {id}/{ifname}"),
         _ => command.to_string(),
     };
-    let failed = |problem| CniError::Agent {
-        what: what.clone(),
-        problem,
+    let call = Call {
+        env: &env,
+        agent: Agent::new(&conf.agent_socket),
+        what,
     };
     match command {
         Command::Status => {
-            agent.ready_for_add().map_err(CniError::NotReady)?;
+            call.agent.ready_for_add().map_err(CniError::NotReady)?;
+            Ok(None)
+        }
+        Command::Add => {
+            let result = add::add(&call)?;
+            Ok(Some(result.to_json(conf.cni_version)))
+        }
+        Command::Check => {
+            let prev = conf.prev_result.as_ref().expect("check_verb_allowed");
+            check::check(&call, prev)?;
             Ok(None)
         }
         Command::Del => {
-            agent.release(attachment_of(&env)).map_err(failed)?;
+            del::del(&call)?;
             Ok(None)
         }
         Command::Gc => {
-            let keep = conf
-                .valid_attachments
-                .clone()
-                .ok_or_else(|| CniError::InvalidConfig {
-                    field: "cni.dev/valid-attachments".into(),
-                    problem: "is missing: GC frees every address not listed, so without \
+            let keep =
+                conf.valid_attachments
+                    .as_deref()
+                    .ok_or_else(|| CniError::InvalidConfig {
+                        field: "cni.dev/valid-attachments".into(),
+                        problem: "is missing: GC frees every address not listed, so without \
                               the list it cannot tell which pods are alive"
-                        .into(),
-                })?;
-            agent.retain(keep).map_err(failed)?;
+                            .into(),
+                    })?;
+            gc::gc(&call, keep)?;
             Ok(None)
-        }
-        Command::Add | Command::Check => {
-            agent.status().map_err(failed)?;
-            Err(CniError::NotServedYet {
-                what,
-                verb: command,
-                socket: conf.agent_socket.clone(),
-            })
         }
         Command::Version => unreachable!("answered above"),
     }
@@ -117,15 +177,6 @@ fn check_verb_allowed(command: Command, conf: &NetConf) -> Result<(), CniError> 
         });
     }
     Ok(())
-}
-
-/// The attachment an attachment verb is about (env::read made sure both
-/// names are there).
-fn attachment_of(env: &Env) -> lash_api::Attachment {
-    lash_api::Attachment::new(
-        env.container_id.as_deref().unwrap_or_default(),
-        env.ifname.as_deref().unwrap_or_default(),
-    )
 }
 
 #[cfg(test)]
@@ -210,7 +261,13 @@ mod tests {
         assert_eq!(code(&reply), 7);
         assert!(reply.outcome.unwrap_err().msg().contains("prevResult"));
         let mut conf: Value = serde_json::from_str(&plugin_conf("1.0.0")).unwrap();
+        // A prevResult that does not say what ADD made is a bad config...
         conf["prevResult"] = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.5/32"}]});
+        assert_eq!(code(&run_with(&env, &conf.to_string())), 7);
+        // ...one that does is checked, which needs the agent.
+        conf["prevResult"] = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": "/run/netns/pod"}],
+            "ips": [{"address": "10.0.0.5/32", "gateway": "10.0.0.1", "interface": 0}]});
         assert_eq!(code(&run_with(&env, &conf.to_string())), 11);
     }
 

@@ -1,9 +1,17 @@
 //! Running the built `lash-cni` the way a container runtime does: exactly the
 //! given `CNI_*` environment, the configuration on stdin, and the outcome
 //! read back as the spec shapes it.
+//!
+//! The plugin makes and deletes links in the network namespace it runs in
+//! (GC deletes every `lxc…` veth it does not know), so it never runs in the
+//! machine's own: `run` gives it a fresh, empty namespace of its own, and
+//! `run_in` the test's node namespace.
 
 use std::{
+    fs::File,
     io::Write,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -18,15 +26,63 @@ pub struct CniRun {
     pub stderr: String,
 }
 
-/// Runs the plugin with exactly `vars` as its environment and `stdin`.
+/// Runs the plugin with exactly `vars` as its environment and `stdin`, in a
+/// network namespace of its own that ends with it.
 pub fn run(vars: &[(&str, &str)], stdin: &str) -> CniRun {
+    let mut cmd = plugin();
+    // SAFETY: unshare and geteuid are async-signal-safe; nothing else runs
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Root gets the namespace directly; anyone else through a user
+            // namespace (without one, an unprivileged plugin can change no
+            // links anyway, so it may run where it is).
+            let flags = if libc::geteuid() == 0 {
+                libc::CLONE_NEWNET
+            } else {
+                libc::CLONE_NEWUSER | libc::CLONE_NEWNET
+            };
+            if libc::unshare(flags) != 0 && libc::geteuid() == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn(cmd, vars, stdin)
+}
+
+/// Runs the plugin inside the network namespace at `netns` (a node's, as
+/// `ip netns add` makes them: /run/netns/NAME).
+pub fn run_in(netns: &Path, vars: &[(&str, &str)], stdin: &str) -> CniRun {
+    let ns = File::open(netns).unwrap_or_else(|e| panic!("opening {}: {e}", netns.display()));
+    let fd = ns.as_raw_fd();
+    let mut cmd = plugin();
+    // SAFETY: setns is async-signal-safe; `ns` outlives the spawn below.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = spawn(cmd, vars, stdin);
+    drop(ns);
+    out
+}
+
+fn plugin() -> Command {
     let path = bin("lash-cni");
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace --bins` first",
         path.display()
     );
-    let mut child = Command::new(&path)
+    Command::new(&path)
+}
+
+fn spawn(mut cmd: Command, vars: &[(&str, &str)], stdin: &str) -> CniRun {
+    let mut child = cmd
         .env_clear()
         .envs(vars.iter().copied())
         .stdin(Stdio::piped())

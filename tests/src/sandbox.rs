@@ -310,6 +310,12 @@ impl Sandbox {
         c
     }
 
+    /// The node namespace's path, where a CNI plugin must run to make pods'
+    /// veths next to the agent.
+    pub fn node_netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.node_ns)
+    }
+
     /// Runs an agent CLI command and returns its stdout.
     pub fn agent_cli(&self, args: &[&str]) -> anyhow::Result<String> {
         run(self.agent_cmd().args(args))

@@ -2,7 +2,8 @@
 //! STATUS succeeds silently while the agent can give addresses and says 50
 //! once it is gone; GC keeps the listed attachments' addresses and frees the
 //! rest; DEL frees the attachment's address and succeeds again when there is
-//! nothing left to free; an agent without a pod CIDR is named as such.
+//! nothing left to free; an ADD that fails gives its address back; an agent
+//! without a pod CIDR is named as such.
 //! Needs root (the sandbox); `cargo xtask test` runs it.
 
 use std::net::Ipv4Addr;
@@ -143,22 +144,21 @@ fn status_gc_and_del_against_the_agent() {
     });
     assert_eq!(used, 1);
 
-    // ADD reaches the agent but is not served by this build yet.
+    // ADD into a namespace that does not exist: the plugin's own code,
+    // naming the path, and the address it was given is released again.
+    let missing = "/run/netns/lash-cni-agent-test-none";
     let add = cni(
         &[
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", &id(7)),
-            ("CNI_NETNS", "/run/netns/lash-cni-agent-test-none"),
+            ("CNI_NETNS", missing),
             ("CNI_IFNAME", "eth0"),
         ],
         &plugin,
     );
-    assert_eq!(add.code(), 11);
-    assert!(
-        add.msg().contains("does not serve ADD yet"),
-        "{}",
-        add.msg()
-    );
+    assert_eq!(add.code(), 102);
+    assert!(add.msg().contains(missing), "{}", add.msg());
+    assert_eq!(allocations(&sb).len(), 1, "{:?}", allocations(&sb));
 
     // An agent without a pod CIDR: STATUS says it cannot serve ADD (50) and
     // why; DEL gets the plugin's own "no pod CIDR" code.
