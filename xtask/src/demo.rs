@@ -1,7 +1,10 @@
-//! `cargo xtask demo`: the main job on an embedded default. A sandbox node with
-//! 6 pods serving HTTP, a Service + EndpointSlice manifest, the agent running
-//! standalone, a client spreading requests over the pods, and the agent's view
-//! of the maps. Cleans up on exit and on Ctrl-C.
+//! `cargo xtask demo`: the main job on an embedded default. A sandbox node
+//! with the agent running standalone on a pod CIDR, 6 pods (and a client pod)
+//! made by podman through lash-cni, a Service + EndpointSlice manifest over
+//! them, clients spreading requests over the pods (from the node through
+//! socket LB, from a pod through the tc path), and the agent's view of
+//! endpoints, ipcache, services, conntrack and drops. Cleans up on exit and
+//! on Ctrl-C.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +16,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use lash_tests::{
     manifests::{endpoint_slice, service, Cond},
-    sandbox::Sandbox,
+    podman::{Container, Podman},
+    sandbox::{Sandbox, POD_TCP_PORT, POD_UDP_PORT},
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -33,6 +37,9 @@ fn section(title: &str) {
     println!("\n=== {title}");
 }
 
+const POD_CIDR: &str = "10.244.0.0/24";
+const PODS: usize = 6;
+
 pub fn run(hold: bool) -> anyhow::Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
@@ -40,56 +47,100 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         libc::signal(libc::SIGTERM, on_sigint as *const () as libc::sighandler_t);
     }
     let vip = Ipv4Addr::new(10, 96, 0, 10);
-    let mut sb = Sandbox::new("demo", 6).context("building the sandbox")?;
+    let mut sb = Sandbox::new("demo", 0).context("building the sandbox")?;
     section("sandbox");
     println!(
-        "node namespace {} with client cgroup {}",
+        "node namespace {} (forwarding off: only lash carries pod traffic), client cgroup {}",
         sb.node_ns,
         sb.cgroup.display()
     );
-    for p in &sb.pods {
-        println!(
-            "  {}  {:<12} netns {}  via {}",
-            p.name, p.ip, p.netns, p.lxc
-        );
-    }
-    sb.start_pod_servers()?;
+    sb.start_agent(&["--pod-cidr", POD_CIDR])?;
     check()?;
 
-    let ips: Vec<(Ipv4Addr, Cond)> = sb.pods.iter().map(|p| (p.ip, Cond::Ready)).collect();
+    let network = format!("lash-demo-{}", std::process::id());
+    section(&format!(
+        "podman run x{PODS} --network {network}  (its only CNI plugin: lash-cni)"
+    ));
+    // Dropped before the sandbox: containers go first.
+    let mut pm = Podman::new(&sb, &network)?;
+    let mut pods = Vec::new();
+    for i in 1..=PODS + 1 {
+        let name = if i > PODS {
+            "client".to_string()
+        } else {
+            format!("pod-{i}")
+        };
+        let (tcp, udp) = (POD_TCP_PORT.to_string(), POD_UDP_PORT.to_string());
+        let cmd = [
+            "/probe/lash-podserver",
+            "--name",
+            &name,
+            "--tcp",
+            &tcp,
+            "--udp",
+            &udp,
+        ];
+        pm.run(&Container {
+            name: &name,
+            in_lb_cgroup: false,
+            cmd: &cmd,
+        })?;
+        let ip: Ipv4Addr = pm.ip_of(&name)?.parse()?;
+        println!("  {name:<7} {ip}");
+        pods.push((name, ip));
+        check()?;
+    }
+
+    let ips: Vec<(Ipv4Addr, Cond)> = pods[..PODS]
+        .iter()
+        .map(|(_, ip)| (*ip, Cond::Ready))
+        .collect();
     let manifest = format!(
         "{}---\n{}",
         service("web", vip),
         endpoint_slice("web", &ips)
     );
+    let syncs = sb.syncs();
     sb.write_manifest("web.yaml", &manifest)?;
     section(&format!(
         "manifest {}",
         sb.manifests().join("web.yaml").display()
     ));
     print!("{manifest}");
-
-    sb.start_agent(&[])?;
-    check()?;
+    if !sb.wait_synced_after(syncs, std::time::Duration::from_secs(10)) {
+        bail!("the agent did not pick up the manifest");
+    }
     section("agent status");
     print!("{}", sb.agent_cli(&["status"])?);
+    section("agent endpoint list");
+    print!("{}", sb.agent_cli(&["endpoint", "list"])?);
+    section("agent bpf endpoint list");
+    print!("{}", sb.agent_cli(&["bpf", "endpoint", "list"])?);
+    section("agent bpf ipcache list");
+    print!("{}", sb.agent_cli(&["bpf", "ipcache", "list"])?);
 
-    section("client: 60 HTTP requests to 10.96.0.10:80, one connection each");
+    section("client on the node, in the socket-LB cgroup: 60 HTTP requests to 10.96.0.10:80");
     let lines = sb.probe("tcp", "10.96.0.10:80", 60)?;
-    let mut hist: BTreeMap<String, usize> = BTreeMap::new();
-    for l in &lines {
-        let key = l["backend"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("error: {}", l["error"]));
-        *hist.entry(key).or_default() += 1;
-    }
-    for (backend, n) in &hist {
-        println!("  {backend:<8} {n:>3} {}", "#".repeat(*n));
-    }
+    let hist = histogram(&lines);
     println!(
         "  getpeername() in the client: {}",
         lines[0]["peer"].as_str().unwrap_or("?")
+    );
+    check()?;
+
+    section("client pod, outside that cgroup (the tc path): 30 HTTP requests to 10.96.0.10:80");
+    let out = pm.exec_ok(
+        "client",
+        &["/probe/lash-probe", "tcp", "10.96.0.10:80", "--count", "30"],
+    )?;
+    let pod_lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let pod_hist = histogram(&pod_lines);
+    println!(
+        "  getpeername() in the pod: {}",
+        pod_lines[0]["peer"].as_str().unwrap_or("?")
     );
     check()?;
 
@@ -102,10 +153,22 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         );
     }
 
+    section("inside pod-1: the gateway's neighbour entry is pod-1's lxc MAC (the ARP responder)");
+    print!(
+        "{}",
+        pm.exec_ok("pod-1", &["ip", "neigh", "show", "10.244.0.1"])?
+    );
     section("agent bpf lb list");
     print!("{}", sb.agent_cli(&["bpf", "lb", "list"])?);
     section("agent service list");
     print!("{}", sb.agent_cli(&["service", "list"])?);
+    section("agent bpf ct list global (the client pod's flows: SERVICE entries remember the backend)");
+    let ct = sb.agent_cli(&["bpf", "ct", "list", "global"])?;
+    for l in ct.lines().filter(|l| l.contains("SERVICE")).take(4) {
+        println!("{l}");
+    }
+    section("agent bpf metrics list");
+    print!("{}", sb.agent_cli(&["bpf", "metrics", "list"])?);
     section("bpftool map dump pinned .../lb4_services (the raw bytes, Cilium's layout)");
     let dump = Command::new("bpftool")
         .args(["map", "dump", "pinned"])
@@ -117,7 +180,8 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         section("holding; try these, then Ctrl-C to clean up");
         let agent = lash_tests::sandbox::bin("agent");
         println!(
-            "  {} --bpf-root {} --state-dir {} status",
+            "  nsenter --net=/run/netns/{} {} --bpf-root {} --state-dir {} endpoint list",
+            sb.node_ns,
             agent.display(),
             sb.bpf_root.display(),
             sb.state_dir().display()
@@ -130,11 +194,28 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
+    drop(pm);
     sb.stop_agent(false)?;
     drop(sb);
-    section("cleaned up: namespaces, cgroup, pinned maps and links removed");
-    if hist.len() != 6 {
-        bail!("expected all 6 backends to answer, got {hist:?}");
+    section("cleaned up: containers, namespaces, cgroups, pinned maps and links removed");
+    if hist.len() != PODS || pod_hist.len() < 2 {
+        bail!("expected requests spread over the pods, got {hist:?} and {pod_hist:?}");
     }
     Ok(())
+}
+
+/// Requests per backend, printed as bars.
+fn histogram(lines: &[serde_json::Value]) -> BTreeMap<String, usize> {
+    let mut hist: BTreeMap<String, usize> = BTreeMap::new();
+    for l in lines {
+        let key = l["backend"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("error: {}", l["error"]));
+        *hist.entry(key).or_default() += 1;
+    }
+    for (backend, n) in &hist {
+        println!("  {backend:<8} {n:>3} {}", "#".repeat(*n));
+    }
+    hist
 }
