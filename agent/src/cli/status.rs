@@ -111,11 +111,11 @@ pub fn table(s: &Status) -> String {
         if m.pinned {
             let _ = writeln!(
                 out,
-                "  {:<20}{:<10}{}/{}",
+                "  {:<20}{:<14}{}/{}",
                 m.name, m.kind, m.entries, m.max_entries
             );
         } else {
-            let _ = writeln!(out, "  {:<20}{:<10}not pinned", m.name, m.kind);
+            let _ = writeln!(out, "  {:<20}{:<14}not pinned", m.name, m.kind);
         }
     }
     if s.errors.is_empty() {

@@ -352,6 +352,8 @@ impl Manager {
             created_unix: unix_now(),
         };
         let done = self.write_entries(&record).and_then(|()| {
+            // Tests crash here: entries written, nothing attached or recorded.
+            crate::failpoint::hit("endpoint-create-entries-written");
             links::attach(&mut self.ebpf, &self.bpf_root, &record.host_ifname)?;
             self.records.insert(owner.clone(), record.clone());
             self.store.save(&self.records)?;
