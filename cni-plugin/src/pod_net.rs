@@ -57,6 +57,15 @@ pub async fn configure(
             errno: None,
         })?;
     let index = link.header.index;
+    // The datapath serves IPv4 only and drops any other L3 protocol a pod
+    // sends (counted as 139, unknown L3): so the pod is told to send no IPv6
+    // on this interface (no router or neighbour solicitations), before it is
+    // up. Where the kernel has no IPv6, there is nothing to turn off. The
+    // sysctl is the namespace's of this thread, the container's.
+    let v6 = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    if std::path::Path::new(&v6).exists() {
+        std::fs::write(&v6, "1").map_err(|e| NetError::io(format!("writing 1 to {v6}"), e))?;
+    }
     h.link()
         .change(LinkUnspec::new_with_index(index).up().build())
         .execute()

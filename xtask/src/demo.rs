@@ -158,11 +158,28 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         "{}",
         pm.exec_ok("pod-1", &["ip", "neigh", "show", "10.244.0.1"])?
     );
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&sb.agent_cli(&["endpoint", "list", "-o", "json"])?)?;
+    let pod1 = pods[0].1.to_string();
+    if let Some(e) = endpoints
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["address"] == pod1.as_str())
+    {
+        println!(
+            "pod-1's lxc on the node: {} {}",
+            e["host_ifname"].as_str().unwrap_or("?"),
+            e["host_mac"].as_str().unwrap_or("?")
+        );
+    }
     section("agent bpf lb list");
     print!("{}", sb.agent_cli(&["bpf", "lb", "list"])?);
     section("agent service list");
     print!("{}", sb.agent_cli(&["service", "list"])?);
-    section("agent bpf ct list global (the client pod's flows: SERVICE entries remember the backend)");
+    section(
+        "agent bpf ct list global (the client pod's flows: SERVICE entries remember the backend)",
+    );
     let ct = sb.agent_cli(&["bpf", "ct", "list", "global"])?;
     for l in ct.lines().filter(|l| l.contains("SERVICE")).take(4) {
         println!("{l}");
