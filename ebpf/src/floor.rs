@@ -1,15 +1,20 @@
-//! The benchmark's floor for a socket program: a cgroup/connect4 program that
-//! does one hash lookup of the destination, keyed as lb4_services is, and
-//! nothing else. `cargo xtask bench` attaches it next to lash (never the agent)
-//! and reads both programs' ns per call from bpf_stats in the same run: what
-//! lash costs above the least any map-driven connect4 program can cost.
+//! The benchmark's floors, never loaded by the agent:
+//! - a cgroup/connect4 program that does one hash lookup of the destination,
+//!   keyed as lb4_services is, and nothing else. `cargo xtask bench` attaches
+//!   it next to lash and reads both programs' ns per call from bpf_stats in
+//!   the same run: what lash costs above the least any map-driven connect4
+//!   program can cost;
+//! - `tc_pass`, a tc program that only returns TC_ACT_OK: the pass-through
+//!   next to which from_container's per-packet cost is measured
+//!   (BPF_PROG_TEST_RUN on the same frames).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, map},
+    bindings::TC_ACT_OK,
+    macros::{cgroup_sock_addr, classifier, map},
     maps::HashMap,
-    programs::SockAddrContext,
+    programs::{SockAddrContext, TcContext},
 };
 use lash_common::{maps as def, Lb4Key, Lb4Service, LB_LOOKUP_SCOPE_EXT};
 
@@ -36,6 +41,11 @@ pub fn floor_connect4(ctx: SockAddrContext) -> i32 {
     let hit = unsafe { FLOOR_SERVICES.get(&key) }.is_some();
     unsafe { core::ptr::read_volatile(&hit) };
     1
+}
+
+#[classifier]
+pub fn tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]
