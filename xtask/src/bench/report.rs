@@ -73,6 +73,20 @@ fn markdown(r: &Results, head: &Value) -> String {
         head["tools"]["iptables_backend"].as_str().unwrap_or(""),
         head["tools"]["nft"].as_str().unwrap_or("")
     );
+    if !r.dataplane.is_empty() || !r.controlplane.is_empty() {
+        socket_lb(&mut md, r, head);
+    }
+    if !r.pod_net.is_empty() {
+        pod_net(&mut md, r, head);
+    }
+    if !r.cni.is_empty() {
+        cni(&mut md, r, head);
+    }
+    md
+}
+
+/// The socket-LB tables: data plane, control plane, lash's own figures.
+fn socket_lb(md: &mut String, r: &Results, head: &Value) {
     let _ = writeln!(md, "Method: {}\n", head["method"].as_str().unwrap_or(""));
     let _ = writeln!(
         md,
@@ -145,7 +159,93 @@ fn markdown(r: &Results, head: &Value) -> String {
             num(&row["agent_sync_ms"], 2),
         );
     }
-    md
+}
+
+/// A row that was not measured, as one table line's text.
+fn not_measured(row: &Value) -> Option<String> {
+    if let Some(why) = row["skipped"].as_str() {
+        return Some(format!("skipped: {why}"));
+    }
+    row["error"].as_str().map(|e| format!("failed: {e}"))
+}
+
+fn ratio(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.2}×"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn pod_net(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nPod to pod: {}\n",
+        head["pod_net_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| arm | samples | Gbit/s (median) | Gbit/s min–max | vs Calico-shaped | vs bare veth | tcp_lat µs (median) | µs min–max | vs Calico-shaped | vs bare veth |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &r.pod_net {
+        let arm = row["arm"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {arm} | {why} | | | | | | | | |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {arm} | {} | {} | {}–{} | {} | {} | {} | {}–{} | {} | {} |",
+            row["samples"],
+            num(&row["gbit_s"], 2),
+            num(&row["gbit_min"], 2),
+            num(&row["gbit_max"], 2),
+            ratio(&row["gbit_s_vs_calico"]),
+            ratio(&row["gbit_s_vs_veth"]),
+            num(&row["lat_us"], 1),
+            num(&row["lat_min"], 1),
+            num(&row["lat_max"], 1),
+            ratio(&row["lat_us_vs_calico"]),
+            ratio(&row["lat_us_vs_veth"]),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nGoal (issue 7): pod-lash at least 1.15× pod-calico's Gbit/s and at most 0.6× its latency."
+    );
+}
+
+fn cni(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nCNI ADD/DEL latency: {}\n",
+        head["cni_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| arm | calls | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    for row in &r.cni {
+        let arm = row["arm"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {arm} | {why} | | | | |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {arm} | {} {} | {} | {} | {} | {} |",
+            row["calls"],
+            row["mode"].as_str().unwrap_or(""),
+            num(&row["add_p50_ms"], 2),
+            num(&row["add_p99_ms"], 2),
+            num(&row["del_p50_ms"], 2),
+            num(&row["del_p99_ms"], 2),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nGoal (issue 7): cni-lash ADD p50 at most 10 ms and below cni-bridge's."
+    );
 }
 
 pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
@@ -160,6 +260,8 @@ pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
     json["dataplane"] = json!(r.dataplane);
     json["controlplane"] = json!(r.controlplane);
     json["lash"] = json!(r.lash);
+    json["pod_net"] = json!(r.pod_net);
+    json["cni"] = json!(r.cni);
     json["agent_rss_mib"] = json!(max_rss);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
