@@ -225,7 +225,7 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
             plan.rounds, plan.connects, plan.rr_millis
         ),
         "pod_net_method": format!(
-            "each arm in namespaces of its own; {} rounds, each arm once per round in rotating order; per sample one iperf3 TCP stream for {} s and qperf tcp_lat for {} s from pod 1 (CPU {CLIENT_CPU}) to pod 2 (servers on CPU {SERVER_CPU}); medians over samples",
+            "each arm in namespaces of its own; {} rounds, each arm once per round in rotating order; per sample one iperf3 TCP stream for {} s from pod 1 (CPU {CLIENT_CPU}) to pod 2 (servers on CPU {SERVER_CPU}), then qperf tcp_lat for {} s from pod 1 on CPU {CLIENT_CPU} and again on CPU {SERVER_CPU}; medians over samples",
             pod_plan.rounds, pod_plan.iperf_secs, pod_plan.lat_secs
         ),
         "cni_method": format!(

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use serde_json::{json, Value};
 
 use super::namespaces::{in_netns, ip, listening, sysctl, Namespaces};
@@ -39,6 +39,9 @@ const CALICO_MAC: &str = "ee:ee:ee:ee:ee:ee";
 /// answers ARP for it by proxy.
 const CALICO_GW: &str = "169.254.1.1";
 
+/// A row's figures, in the order of `Pods::samples`.
+const METRICS: [&str; 3] = ["gbit_s", "lat_us", "lat_one_cpu_us"];
+
 pub struct Plan {
     pub rounds: usize,
     pub iperf_secs: u32,
@@ -54,7 +57,8 @@ struct Pods {
     ns: Namespaces,
     client: String,
     server_ip: Ipv4Addr,
-    samples: Vec<(f64, f64)>,
+    /// Per round: Gbit/s, tcp_lat µs across CPUs, tcp_lat µs on one CPU.
+    samples: Vec<[f64; 3]>,
 }
 
 pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
@@ -83,30 +87,37 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
         for k in 0..up {
             check_interrupt()?;
             let pods = &mut ready[(round + k) % up];
-            let gbit =
-                iperf(pods, plan.iperf_secs).with_context(|| format!("{}: iperf3", pods.arm))?;
-            let lat = qperf_lat(pods, plan.lat_secs)
+            // An interrupt ends the tools too (one process group): say so
+            // rather than report their failure.
+            let gbit = iperf(pods, plan.iperf_secs)
+                .or_else(|e| check_interrupt().and(Err(e)))
+                .with_context(|| format!("{}: iperf3", pods.arm))?;
+            let lat = qperf_lat(pods, plan.lat_secs, CLIENT_CPU)
+                .or_else(|e| check_interrupt().and(Err(e)))
                 .with_context(|| format!("{}: qperf tcp_lat", pods.arm))?;
+            let lat1 = qperf_lat(pods, plan.lat_secs, SERVER_CPU)
+                .or_else(|e| check_interrupt().and(Err(e)))
+                .with_context(|| format!("{}: qperf tcp_lat on one CPU", pods.arm))?;
             eprintln!(
-                "bench:   {} round {}: {gbit:.2} Gbit/s, {lat:.1} µs",
+                "bench:   {} round {}: {gbit:.2} Gbit/s, {lat:.1} µs, one CPU {lat1:.1} µs",
                 pods.arm,
                 round + 1
             );
-            pods.samples.push((gbit, lat));
+            if round == 0 {
+                check_shape(pods)?;
+            }
+            pods.samples.push([gbit, lat, lat1]);
         }
     }
     for pods in &ready {
-        let g: Vec<f64> = pods.samples.iter().map(|s| s.0).collect();
-        let l: Vec<f64> = pods.samples.iter().map(|s| s.1).collect();
-        rows.push(json!({
-            "arm": pods.arm, "samples": pods.samples.len(),
-            "gbit_s": median(g.clone()),
-            "gbit_min": g.iter().copied().fold(f64::INFINITY, f64::min),
-            "gbit_max": g.iter().copied().fold(0.0, f64::max),
-            "lat_us": median(l.clone()),
-            "lat_min": l.iter().copied().fold(f64::INFINITY, f64::min),
-            "lat_max": l.iter().copied().fold(0.0, f64::max),
-        }));
+        let mut row = json!({"arm": pods.arm, "samples": pods.samples.len()});
+        for (i, key) in METRICS.iter().enumerate() {
+            let v: Vec<f64> = pods.samples.iter().map(|s| s[i]).collect();
+            row[*key] = json!(median(v.clone()));
+            row[format!("{key}_min")] = json!(v.iter().copied().fold(f64::INFINITY, f64::min));
+            row[format!("{key}_max")] = json!(v.iter().copied().fold(0.0, f64::max));
+        }
+        rows.push(row);
     }
     drop(ready);
     // Ratios against the two references, where both sides were measured.
@@ -118,7 +129,7 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
     let refs: Vec<Value> = rows.clone();
     for row in rows.iter_mut() {
         for (reference, tag) in [("pod-calico", "calico"), ("pod-veth", "veth")] {
-            for key in ["gbit_s", "lat_us"] {
+            for key in METRICS {
                 if let (Some(x), Some(r)) = (row[key].as_f64(), value(&refs, reference, key)) {
                     row[format!("{key}_vs_{tag}")] = json!(x / r);
                 }
@@ -235,6 +246,24 @@ fn calico(ns: &mut Namespaces) -> anyhow::Result<(String, Ipv4Addr)> {
     Ok((addrs[0].0.clone(), addrs[1].1))
 }
 
+/// After traffic has flowed, the arm is what it says: in the Calico-shaped
+/// arm pod 1 reached its gateway through a neighbour entry with the node's
+/// ee:ee:ee:ee:ee:ee (proxy ARP answered), in the veth arm pod 2 directly.
+fn check_shape(pods: &Pods) -> anyhow::Result<()> {
+    let neigh = ip(&["-n", &pods.client, "neigh", "show", "dev", "eth0"])?;
+    let want = match pods.arm {
+        "pod-calico" => format!("{CALICO_GW} lladdr {CALICO_MAC}"),
+        "pod-veth" => format!("{} lladdr", pods.server_ip),
+        _ => return Ok(()),
+    };
+    ensure!(
+        neigh.contains(&want),
+        "{}: pod 1's neighbours are not as the arm is built ({want:?} missing): {neigh}",
+        pods.arm
+    );
+    Ok(())
+}
+
 /// The lash arm's wiring: given the node namespace and two empty pod
 /// namespaces the bench made, connect the pods as lash does and return their
 /// addresses. The measurement around it is the same as for the other arms.
@@ -283,13 +312,13 @@ fn start_servers(mut pods: Pods) -> anyhow::Result<Pods> {
     Ok(pods)
 }
 
-fn client(pods: &Pods, program: &str) -> anyhow::Result<Command> {
-    in_netns(&pods.client, program, Some(CLIENT_CPU))
+fn client(pods: &Pods, program: &str, cpu: usize) -> anyhow::Result<Command> {
+    in_netns(&pods.client, program, Some(cpu))
 }
 
 /// One TCP stream from pod 1 to pod 2 for `secs`: Gbit/s received.
 fn iperf(pods: &Pods, secs: u32) -> anyhow::Result<f64> {
-    let out = run_ok(client(pods, "iperf3")?.args([
+    let out = run_ok(client(pods, "iperf3", CLIENT_CPU)?.args([
         "-c",
         &pods.server_ip.to_string(),
         "-p",
@@ -308,10 +337,15 @@ fn iperf(pods: &Pods, secs: u32) -> anyhow::Result<f64> {
         .context("no end.sum_received in iperf3's JSON")
 }
 
-/// qperf tcp_lat from pod 1 to pod 2 for `secs`: one-way latency in µs (half
-/// the round trip of one-byte messages, as qperf reports it).
-fn qperf_lat(pods: &Pods, secs: u32) -> anyhow::Result<f64> {
-    let out = run_ok(client(pods, "qperf")?.args([
+/// qperf tcp_lat from pod 1 (on `cpu`) to pod 2 for `secs`: one-way latency
+/// in µs (half the round trip of one-byte messages, as qperf reports it).
+///
+/// Measured twice: client and server on different CPUs, as pods mostly are,
+/// where every message also pays a cross-CPU wakeup (tens of µs on this VM,
+/// more when the machine is busy), and both on the server's CPU, where what
+/// is left is mostly the stack and the datapath the arms differ in.
+fn qperf_lat(pods: &Pods, secs: u32, cpu: usize) -> anyhow::Result<f64> {
+    let out = run_ok(client(pods, "qperf", cpu)?.args([
         &pods.server_ip.to_string(),
         "-t",
         &secs.to_string(),
