@@ -14,14 +14,16 @@
 //! - Program cost (bpf_stats) is read in a phase of its own, with the floor
 //!   program (floor.rs) attached to the no-translation arm.
 //!
-//! Then pod networking (pod_net.rs: pod to pod throughput and latency) and
-//! CNI ADD/DEL latency (cni_latency.rs), each arm in namespaces of its own.
+//! Then pod networking (pod_net.rs: pod to pod throughput and latency),
+//! CNI ADD/DEL latency (cni_latency.rs), each arm in namespaces of its own,
+//! and from-container's cost per packet (packet.rs, BPF_PROG_TEST_RUN).
 
 mod cni_latency;
 mod floor;
 mod kube_proxy;
 mod lash_arm;
 mod namespaces;
+mod packet;
 mod pod_net;
 mod probe;
 mod report;
@@ -88,6 +90,7 @@ pub struct Results {
     lash: Vec<Value>,
     pod_net: Vec<Value>,
     cni: Vec<Value>,
+    packet: Vec<Value>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -111,6 +114,7 @@ fn all_arm_names() -> Vec<&'static str> {
     let mut names: Vec<&str> = ARMS.iter().map(|a| a.name()).collect();
     names.extend(pod_net::ARMS);
     names.extend(cni_latency::ARMS);
+    names.extend(packet::ARMS);
     names
 }
 
@@ -213,6 +217,22 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         eprintln!("bench: CNI ADD/DEL latency");
         results.cni = cni_latency::run(&cni_plan, &cni_arms)?;
     }
+    let packet_plan = if quick {
+        packet::Plan {
+            rounds: 3,
+            repeat: 100_000,
+        }
+    } else {
+        packet::Plan {
+            rounds: 5,
+            repeat: 1_000_000,
+        }
+    };
+    if chosen.contains(&"per-packet") {
+        eprintln!("bench: from-container per packet");
+        let object = lash_tests::ebpf::object("lash").context("building the lash object")?;
+        results.packet = packet::run(&packet_plan, &object)?;
+    }
     let head = json!({
         "machine": report::machine(),
         "tools": report::tools(),
@@ -231,6 +251,10 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         "cni_method": format!(
             "the chain run as a runtime runs it (CNI_* variables, config on stdin, setns into the node namespace between fork and exec), after one unmeasured ADD and DEL; {} ADDs one at a time then their DELs, then {} ADDs released at once then their DELs; nearest-rank percentiles",
             cni_plan.sequential, cni_plan.parallel
+        ),
+        "packet_method": format!(
+            "BPF_PROG_TEST_RUN of from_container on a 54-byte TCP SYN frame, {} runs per sample (the kernel's mean per run), {} samples per frame in rotating order, on a thread in a network namespace of its own; medians",
+            packet_plan.repeat, packet_plan.rounds
         ),
     });
     let name = if partial {

@@ -103,6 +103,9 @@ fn markdown(r: &Results, head: &Value) -> String {
     if !r.cni.is_empty() {
         cni(&mut md, r, head);
     }
+    if !r.packet.is_empty() {
+        packet(&mut md, r, head);
+    }
     md
 }
 
@@ -284,6 +287,7 @@ pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
     json["lash"] = json!(r.lash);
     json["pod_net"] = json!(r.pod_net);
     json["cni"] = json!(r.cni);
+    json["packet"] = json!(r.packet);
     json["agent_rss_mib"] = json!(max_rss);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
@@ -297,4 +301,38 @@ pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
         dir.join(format!("{name}.json")).display()
     );
     Ok(())
+}
+
+fn packet(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nPer packet: {}\n",
+        head["packet_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| program | packet | samples | verdict | ns/packet (median) | min–max |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    for row in &r.packet {
+        let program = row["program"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {program} | {why} | | | | |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {program} | {} | {} | {} | {} | {}–{} |",
+            row["packet"].as_str().unwrap_or(""),
+            row["samples"],
+            row["verdict"],
+            num(&row["ns_per_packet"], 1),
+            num(&row["ns_min"], 1),
+            num(&row["ns_max"], 1),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nGoal (issue 7): from_container at most 100 ns per packet over a pass-through tc program."
+    );
 }
