@@ -18,6 +18,7 @@
 //! CNI ADD/DEL latency (cni_latency.rs), each arm in namespaces of its own,
 //! and from-container's cost per packet (packet.rs, BPF_PROG_TEST_RUN).
 
+mod clusterip;
 mod cni_latency;
 mod floor;
 mod kube_proxy;
@@ -91,6 +92,7 @@ pub struct Results {
     pod_net: Vec<Value>,
     cni: Vec<Value>,
     packet: Vec<Value>,
+    clusterip: Vec<Value>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -114,6 +116,7 @@ fn all_arm_names() -> Vec<&'static str> {
     let mut names: Vec<&str> = ARMS.iter().map(|a| a.name()).collect();
     names.extend(pod_net::ARMS);
     names.extend(cni_latency::ARMS);
+    names.extend(clusterip::ARMS);
     names.extend(packet::ARMS);
     names
 }
@@ -185,6 +188,14 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
             run_size(&plan, n, &arms, &floor_object, &mut results)?;
         }
     }
+    let cip_arms: Vec<&'static str> = clusterip::ARMS
+        .into_iter()
+        .filter(|a| chosen.contains(a))
+        .collect();
+    if !cip_arms.is_empty() {
+        eprintln!("bench: ClusterIP from a pod (packet path)");
+        results.clusterip = clusterip::run(&plan, &cip_arms)?;
+    }
     let pod_plan = if quick {
         pod_net::Plan {
             rounds: 2,
@@ -251,6 +262,10 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         "cni_method": format!(
             "the chain run as a runtime runs it (CNI_* variables, config on stdin, setns into the node namespace between fork and exec), after one unmeasured ADD and DEL; {} ADDs one at a time then their DELs, then {} ADDs released at once then their DELs; nearest-rank percentiles",
             cni_plan.sequential, cni_plan.parallel
+        ),
+        "clusterip_method": format!(
+            "client in a pod outside the sandbox's cgroup (CPU {CLIENT_CPU}), target backed by 3 other pods (servers on CPU {SERVER_CPU}), each arm in a fresh sandbox per size; {} rounds of {} connects and {} ms of requests on one connection; medians over rounds",
+            plan.rounds, plan.connects, plan.rr_millis
         ),
         "packet_method": format!(
             "BPF_PROG_TEST_RUN of from_container on a 54-byte TCP SYN frame, {} runs per sample (the kernel's mean per run), {} samples per frame in rotating order, on a thread in a network namespace of its own; medians",

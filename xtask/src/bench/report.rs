@@ -103,6 +103,9 @@ fn markdown(r: &Results, head: &Value) -> String {
     if !r.cni.is_empty() {
         cni(&mut md, r, head);
     }
+    if !r.clusterip.is_empty() {
+        clusterip(&mut md, r, head);
+    }
     if !r.packet.is_empty() {
         packet(&mut md, r, head);
     }
@@ -288,6 +291,7 @@ pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
     json["pod_net"] = json!(r.pod_net);
     json["cni"] = json!(r.cni);
     json["packet"] = json!(r.packet);
+    json["clusterip"] = json!(r.clusterip);
     json["agent_rss_mib"] = json!(max_rss);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
@@ -335,4 +339,44 @@ fn packet(md: &mut String, r: &Results, head: &Value) {
         md,
         "\nGoal (issue 7): from_container at most 100 ns per packet over a pass-through tc program."
     );
+}
+
+fn clusterip(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nClusterIP from a pod (the packet path, no socket LB): {}\n",
+        head["clusterip_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| services | arm | samples | connect p50 µs | connect p99 µs | p50 vs clusterip-iptables | req/s on one connection | full sync ms |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    for row in &r.clusterip {
+        let arm = row["arm"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {} | {arm} | {why} | | | | | |", row["services"]);
+            continue;
+        }
+        let base = r
+            .clusterip
+            .iter()
+            .find(|b| b["services"] == row["services"] && b["arm"] == "clusterip-iptables")
+            .and_then(|b| b["connect_p50_us"].as_f64());
+        let vs = match (row["connect_p50_us"].as_f64(), base) {
+            (Some(x), Some(b)) => json!(x / b),
+            _ => Value::Null,
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {arm} | {} | {} | {} | {} | {} | {} |",
+            row["services"],
+            row["samples"],
+            num(&row["connect_p50_us"], 1),
+            num(&row["connect_p99_us"], 1),
+            ratio(&vs),
+            num(&row["rr_per_s"], 0),
+            num(&row["full_sync_ms"], 1),
+        );
+    }
 }
