@@ -183,7 +183,6 @@ fn load(object: &[u8], pins: &Path) -> anyhow::Result<Ebpf> {
         let r = Lb4ReverseNat {
             address: u32::from(VIP).to_be(),
             port: VIP_PORT.to_be(),
-            ..Default::default()
         };
         rn.insert(rev_nat, r, 0)?;
     }
