@@ -34,7 +34,8 @@ enum Cmd {
         #[arg(long)]
         hold: bool,
     },
-    /// lash vs kube-proxy's iptables and nftables rules vs no translation.
+    /// lash vs kube-proxy's iptables and nftables rules vs no translation,
+    /// then pod networking, CNI latency and from-container per packet.
     Bench {
         /// 0 and 1000 services, fewer samples: a smoke test under 3 minutes.
         #[arg(long)]
@@ -42,7 +43,10 @@ enum Cmd {
         /// Only these numbers of background services (comma-separated).
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<u32>,
-        /// Only these arms: baseline, iptables, nftables, lash.
+        /// Only these arms: baseline, iptables, nftables, lash (socket LB);
+        /// pod-veth, pod-calico, pod-lash (pod to pod); cni-bridge, cni-lash
+        /// (CNI ADD/DEL); clusterip-iptables, clusterip-lash (packet-path
+        /// ClusterIP); per-packet (from-container test runs).
         #[arg(long, value_delimiter = ',')]
         arms: Vec<String>,
     },

@@ -23,6 +23,11 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // The pod networking benches (bench/pod_net.rs, bench/cni_latency.rs):
+    // throughput, latency, and the reference CNI plugins in /usr/lib/cni.
+    "iperf3",
+    "qperf",
+    "containernetworking-plugins",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -13,18 +13,31 @@
 //! - The client runs pinned to CPU 0, the pods' servers to CPU 1.
 //! - Program cost (bpf_stats) is read in a phase of its own, with the floor
 //!   program (floor.rs) attached to the no-translation arm.
+//!
+//! Then pod networking (pod_net.rs: pod to pod throughput and latency),
+//! CNI ADD/DEL latency (cni_latency.rs), each arm in namespaces of its own,
+//! and from-container's cost per packet (packet.rs, BPF_PROG_TEST_RUN).
 
+mod clusterip;
+mod cni_latency;
 mod floor;
 mod kube_proxy;
 mod lash_arm;
+mod namespaces;
+mod packet;
+mod pod_net;
 mod probe;
 mod report;
 mod services;
 mod stats;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use lash_tests::sandbox::Sandbox;
 use serde_json::{json, Value};
 
@@ -76,6 +89,36 @@ pub struct Results {
     dataplane: Vec<Value>,
     controlplane: Vec<Value>,
     lash: Vec<Value>,
+    pod_net: Vec<Value>,
+    cni: Vec<Value>,
+    packet: Vec<Value>,
+    clusterip: Vec<Value>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Fails once SIGINT or SIGTERM has come: the error unwinds through the
+/// arms, whose drops remove what they made. (Children in our process group
+/// get the SIGINT too and end, which fails the measurement they were in.)
+fn check_interrupt() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; the bench's namespaces are being removed");
+    }
+    Ok(())
+}
+
+/// Every arm `--arms` can name.
+fn all_arm_names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = ARMS.iter().map(|a| a.name()).collect();
+    names.extend(pod_net::ARMS);
+    names.extend(cni_latency::ARMS);
+    names.extend(clusterip::ARMS);
+    names.extend(packet::ARMS);
+    names
 }
 
 /// One arm at one size: its own sandbox, programmed, with its samples.
@@ -107,18 +150,99 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
     if !sizes.is_empty() {
         plan.sizes = sizes;
     }
-    let arms: Vec<Arm> = ARMS
-        .into_iter()
-        .filter(|a| arms.is_empty() || arms.iter().any(|n| n == a.name()))
+    let known = all_arm_names();
+    if let Some(bad) = arms.iter().find(|a| !known.contains(&a.as_str())) {
+        bail!("no arm {bad:?}; the arms are {}", known.join(", "));
+    }
+    let chosen: Vec<&'static str> = known
+        .iter()
+        .copied()
+        .filter(|a| arms.is_empty() || arms.iter().any(|n| n == a))
         .collect();
     // A partial run is for looking at, not the results of record.
-    let partial = arms.len() < ARMS.len() || plan.sizes.len() < full_sizes;
-    let floor_object = floor::build().context("building the floor program")?;
+    let partial = chosen.len() < known.len() || plan.sizes.len() < full_sizes;
+    let arms: Vec<Arm> = ARMS
+        .into_iter()
+        .filter(|a| chosen.contains(&a.name()))
+        .collect();
+    let pod_arms: Vec<&'static str> = pod_net::ARMS
+        .into_iter()
+        .filter(|a| chosen.contains(a))
+        .collect();
+    let cni_arms: Vec<&'static str> = cni_latency::ARMS
+        .into_iter()
+        .filter(|a| chosen.contains(a))
+        .collect();
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
 
     let mut results = Results::default();
-    for &n in &plan.sizes {
-        eprintln!("bench: {n} background services");
-        run_size(&plan, n, &arms, &floor_object, &mut results)?;
+    if !arms.is_empty() {
+        let floor_object = floor::build().context("building the floor program")?;
+        for &n in &plan.sizes {
+            check_interrupt()?;
+            eprintln!("bench: {n} background services");
+            run_size(&plan, n, &arms, &floor_object, &mut results)?;
+        }
+    }
+    let cip_arms: Vec<&'static str> = clusterip::ARMS
+        .into_iter()
+        .filter(|a| chosen.contains(a))
+        .collect();
+    if !cip_arms.is_empty() {
+        eprintln!("bench: ClusterIP from a pod (packet path)");
+        results.clusterip = clusterip::run(&plan, &cip_arms)?;
+    }
+    let pod_plan = if quick {
+        pod_net::Plan {
+            rounds: 2,
+            iperf_secs: 1,
+            lat_secs: 1,
+        }
+    } else {
+        pod_net::Plan {
+            rounds: 5,
+            iperf_secs: 5,
+            lat_secs: 3,
+        }
+    };
+    if !pod_arms.is_empty() {
+        eprintln!("bench: pod to pod");
+        results.pod_net = pod_net::run(&pod_plan, &pod_arms)?;
+    }
+    let cni_plan = if quick {
+        cni_latency::Plan {
+            sequential: 20,
+            parallel: 5,
+        }
+    } else {
+        cni_latency::Plan {
+            sequential: 100,
+            parallel: 20,
+        }
+    };
+    if !cni_arms.is_empty() {
+        eprintln!("bench: CNI ADD/DEL latency");
+        results.cni = cni_latency::run(&cni_plan, &cni_arms)?;
+    }
+    let packet_plan = if quick {
+        packet::Plan {
+            rounds: 3,
+            repeat: 100_000,
+        }
+    } else {
+        packet::Plan {
+            rounds: 5,
+            repeat: 1_000_000,
+        }
+    };
+    if chosen.contains(&"per-packet") {
+        eprintln!("bench: from-container per packet");
+        let object = lash_tests::ebpf::object("lash").context("building the lash object")?;
+        results.packet = packet::run(&packet_plan, &object)?;
     }
     let head = json!({
         "machine": report::machine(),
@@ -130,6 +254,22 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         "method": format!(
             "each arm in a fresh node namespace of its own per size; {} rounds, each arm once per round in rotating order; per sample {} connects and {} ms of requests on one connection; medians over samples",
             plan.rounds, plan.connects, plan.rr_millis
+        ),
+        "pod_net_method": format!(
+            "each arm in namespaces of its own; {} rounds, each arm once per round in rotating order; per sample one iperf3 TCP stream for {} s from pod 1 (CPU {CLIENT_CPU}) to pod 2 (servers on CPU {SERVER_CPU}), then qperf tcp_lat for {} s from pod 1 on CPU {CLIENT_CPU} and again on CPU {SERVER_CPU}; medians over samples",
+            pod_plan.rounds, pod_plan.iperf_secs, pod_plan.lat_secs
+        ),
+        "cni_method": format!(
+            "the chain run as a runtime runs it (CNI_* variables, config on stdin, setns into the node namespace between fork and exec), after one unmeasured ADD and DEL; {} ADDs one at a time then their DELs, then {} ADDs released at once then their DELs; nearest-rank percentiles",
+            cni_plan.sequential, cni_plan.parallel
+        ),
+        "clusterip_method": format!(
+            "client in a pod outside the sandbox's cgroup (CPU {CLIENT_CPU}), target backed by 3 other pods (servers on CPU {SERVER_CPU}), each arm in a fresh sandbox per size; {} rounds of {} connects and {} ms of requests on one connection; medians over rounds",
+            plan.rounds, plan.connects, plan.rr_millis
+        ),
+        "packet_method": format!(
+            "BPF_PROG_TEST_RUN of from_container on a 54-byte TCP SYN frame, {} runs per sample (the kernel's mean per run), {} samples per frame in rotating order, on a thread in a network namespace of its own; medians",
+            packet_plan.repeat, packet_plan.rounds
         ),
     });
     let name = if partial {
@@ -171,6 +311,7 @@ fn run_size(
     // Program every arm, one at a time (nothing else runs meanwhile).
     let mut ready: Vec<Node> = Vec::new();
     for mut node in nodes {
+        check_interrupt()?;
         eprintln!("bench:   {} full sync", node.arm.name());
         match full_sync(&mut node, &before, n) {
             Ok(row) => {
@@ -195,6 +336,7 @@ fn run_size(
     for round in 0..plan.rounds {
         let arms_up = ready.len();
         for k in 0..arms_up {
+            check_interrupt()?;
             let node = &mut ready[(round + k) % arms_up];
             let c = probe_json(
                 &node.sb,

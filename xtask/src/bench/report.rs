@@ -54,7 +54,19 @@ pub fn tools() -> Value {
     } else {
         "unknown"
     };
-    json!({"iptables": iptables, "iptables_backend": backend, "nft": version("nft")})
+    let first_line = |s: String| s.lines().next().unwrap_or("").to_string();
+    let cni_plugins = run_ok(Command::new("dpkg-query").args([
+        "-W",
+        "-f=${Version}",
+        "containernetworking-plugins",
+    ]))
+    .map(|v| format!("containernetworking-plugins {v}"))
+    .unwrap_or_else(|e| format!("unavailable: {e:#}"));
+    json!({
+        "iptables": iptables, "iptables_backend": backend, "nft": version("nft"),
+        "iperf3": first_line(version("iperf3")), "qperf": first_line(version("qperf")),
+        "cni_plugins": cni_plugins,
+    })
 }
 
 fn num(v: &Value, digits: usize) -> String {
@@ -73,6 +85,35 @@ fn markdown(r: &Results, head: &Value) -> String {
         head["tools"]["iptables_backend"].as_str().unwrap_or(""),
         head["tools"]["nft"].as_str().unwrap_or("")
     );
+    if !r.pod_net.is_empty() || !r.cni.is_empty() {
+        let _ = writeln!(
+            md,
+            "Pod tools: {}; {}; {}",
+            head["tools"]["iperf3"].as_str().unwrap_or(""),
+            head["tools"]["qperf"].as_str().unwrap_or(""),
+            head["tools"]["cni_plugins"].as_str().unwrap_or("")
+        );
+    }
+    if !r.dataplane.is_empty() || !r.controlplane.is_empty() {
+        socket_lb(&mut md, r, head);
+    }
+    if !r.pod_net.is_empty() {
+        pod_net(&mut md, r, head);
+    }
+    if !r.cni.is_empty() {
+        cni(&mut md, r, head);
+    }
+    if !r.clusterip.is_empty() {
+        clusterip(&mut md, r, head);
+    }
+    if !r.packet.is_empty() {
+        packet(&mut md, r, head);
+    }
+    md
+}
+
+/// The socket-LB tables: data plane, control plane, lash's own figures.
+fn socket_lb(md: &mut String, r: &Results, head: &Value) {
     let _ = writeln!(md, "Method: {}\n", head["method"].as_str().unwrap_or(""));
     let _ = writeln!(
         md,
@@ -145,7 +186,94 @@ fn markdown(r: &Results, head: &Value) -> String {
             num(&row["agent_sync_ms"], 2),
         );
     }
-    md
+}
+
+/// A row that was not measured, as one table line's text.
+fn not_measured(row: &Value) -> Option<String> {
+    if let Some(why) = row["skipped"].as_str() {
+        return Some(format!("skipped: {why}"));
+    }
+    row["error"].as_str().map(|e| format!("failed: {e}"))
+}
+
+fn ratio(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.2}×"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn pod_net(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nPod to pod: {}\n",
+        head["pod_net_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| arm | samples | Gbit/s (median) | min–max | vs Calico-shaped | vs bare veth | tcp_lat µs, 2 CPUs | min–max | vs Calico-shaped | vs bare veth | tcp_lat µs, one CPU | min–max | vs Calico-shaped | vs bare veth |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in &r.pod_net {
+        let arm = row["arm"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {arm} | {why} |{}", " |".repeat(12));
+            continue;
+        }
+        let _ = write!(md, "| {arm} | {} |", row["samples"]);
+        for (key, digits) in [("gbit_s", 2), ("lat_us", 1), ("lat_one_cpu_us", 1)] {
+            let _ = write!(
+                md,
+                " {} | {}–{} | {} | {} |",
+                num(&row[key], digits),
+                num(&row[format!("{key}_min")], digits),
+                num(&row[format!("{key}_max")], digits),
+                ratio(&row[format!("{key}_vs_calico")]),
+                ratio(&row[format!("{key}_vs_veth")]),
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(
+        md,
+        "\nGoal (issue 7): pod-lash at least 1.15× pod-calico's Gbit/s and at most 0.6× its latency. tcp_lat is one-way (half a round trip); \"2 CPUs\": client on CPU 0 and servers on CPU 1, so each message also pays a cross-CPU wakeup; \"one CPU\": both on CPU 1."
+    );
+}
+
+fn cni(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nCNI ADD/DEL latency: {}\n",
+        head["cni_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| arm | calls | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    for row in &r.cni {
+        let arm = row["arm"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {arm} | {why} | | | | |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {arm} | {} {} | {} | {} | {} | {} |",
+            row["calls"],
+            row["mode"].as_str().unwrap_or(""),
+            num(&row["add_p50_ms"], 2),
+            num(&row["add_p99_ms"], 2),
+            num(&row["del_p50_ms"], 2),
+            num(&row["del_p99_ms"], 2),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nGoal (issue 7): cni-lash ADD p50 at most 10 ms and below cni-bridge's."
+    );
 }
 
 pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
@@ -160,6 +288,10 @@ pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
     json["dataplane"] = json!(r.dataplane);
     json["controlplane"] = json!(r.controlplane);
     json["lash"] = json!(r.lash);
+    json["pod_net"] = json!(r.pod_net);
+    json["cni"] = json!(r.cni);
+    json["packet"] = json!(r.packet);
+    json["clusterip"] = json!(r.clusterip);
     json["agent_rss_mib"] = json!(max_rss);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
@@ -173,4 +305,78 @@ pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
         dir.join(format!("{name}.json")).display()
     );
     Ok(())
+}
+
+fn packet(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nPer packet: {}\n",
+        head["packet_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| program | packet | samples | verdict | ns/packet (median) | min–max |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    for row in &r.packet {
+        let program = row["program"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {program} | {why} | | | | |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {program} | {} | {} | {} | {} | {}–{} |",
+            row["packet"].as_str().unwrap_or(""),
+            row["samples"],
+            row["verdict"],
+            num(&row["ns_per_packet"], 1),
+            num(&row["ns_min"], 1),
+            num(&row["ns_max"], 1),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nGoal (issue 7): from_container at most 100 ns per packet over a pass-through tc program."
+    );
+}
+
+fn clusterip(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nClusterIP from a pod (the packet path, no socket LB): {}\n",
+        head["clusterip_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| services | arm | samples | connect p50 µs | connect p99 µs | p50 vs clusterip-iptables | req/s on one connection | full sync ms |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    for row in &r.clusterip {
+        let arm = row["arm"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {} | {arm} | {why} | | | | | |", row["services"]);
+            continue;
+        }
+        let base = r
+            .clusterip
+            .iter()
+            .find(|b| b["services"] == row["services"] && b["arm"] == "clusterip-iptables")
+            .and_then(|b| b["connect_p50_us"].as_f64());
+        let vs = match (row["connect_p50_us"].as_f64(), base) {
+            (Some(x), Some(b)) => json!(x / b),
+            _ => Value::Null,
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {arm} | {} | {} | {} | {} | {} | {} |",
+            row["services"],
+            row["samples"],
+            num(&row["connect_p50_us"], 1),
+            num(&row["connect_p99_us"], 1),
+            ratio(&vs),
+            num(&row["rr_per_s"], 0),
+            num(&row["full_sync_ms"], 1),
+        );
+    }
 }

@@ -1,0 +1,390 @@
+//! Pod to pod on one node: one TCP stream's throughput (iperf3) and
+//! request/response latency (qperf tcp_lat) between two pod namespaces, for
+//! each way of wiring them:
+//!
+//! - `pod-veth`: the two pods on the two ends of one veth pair, nothing in
+//!   between: the floor any wiring through a node pays on top of.
+//! - `pod-calico`: kernel routing shaped as Calico does it: each pod a veth
+//!   into the node namespace whose node end has MAC ee:ee:ee:ee:ee:ee and
+//!   proxy_arp on, a /32 route per pod on the node, forwarding on, and the
+//!   pods' default route via 169.254.1.1 (a link-scope route to it on eth0).
+//! - `pod-lash`: pods made by lash-cni, served by the agent's tc programs
+//!   (not there yet: `lash_wire` says so, and the report shows it skipped).
+//!
+//! The servers run in pod 2 pinned to one CPU, the clients in pod 1 on the
+//! other; the arms take turns over the rounds as in the socket-LB bench, and
+//! a row's numbers are medians over its rounds.
+
+use std::{
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use serde_json::{json, Value};
+
+use super::namespaces::{in_netns, ip, listening, sysctl, Namespaces};
+use super::probe::run_ok;
+use super::{check_interrupt, median, short, CLIENT_CPU, SERVER_CPU};
+
+pub const ARMS: [&str; 3] = ["pod-veth", "pod-calico", "pod-lash"];
+
+const IPERF_PORT: u16 = 5201;
+/// qperf's control port (its default).
+const QPERF_PORT: u16 = 19765;
+/// The node-side MAC every Calico workload interface has.
+const CALICO_MAC: &str = "ee:ee:ee:ee:ee:ee";
+/// The pods' gateway in Calico's scheme: no interface holds it; the node
+/// answers ARP for it by proxy.
+const CALICO_GW: &str = "169.254.1.1";
+
+/// A row's figures, in the order of `Pods::samples`.
+const METRICS: [&str; 3] = ["gbit_s", "lat_us", "lat_one_cpu_us"];
+
+pub struct Plan {
+    pub rounds: usize,
+    pub iperf_secs: u32,
+    pub lat_secs: u32,
+}
+
+/// Why an arm was not measured; the report shows it as skipped.
+pub struct Skipped(pub String);
+
+/// Two wired pods with the servers running in pod 2.
+struct Pods {
+    arm: &'static str,
+    ns: Namespaces,
+    client: String,
+    server_ip: Ipv4Addr,
+    /// Per round: Gbit/s, tcp_lat µs across CPUs, tcp_lat µs on one CPU.
+    samples: Vec<[f64; 3]>,
+}
+
+pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    let mut ready: Vec<Pods> = Vec::new();
+    for &arm in arms {
+        check_interrupt()?;
+        let built = build(arm).and_then(|b| match b {
+            Ok(pods) => start_servers(pods).map(Ok),
+            Err(s) => Ok(Err(s)),
+        });
+        match built {
+            Ok(Ok(pods)) => ready.push(pods),
+            Ok(Err(Skipped(why))) => {
+                eprintln!("bench:   {arm} skipped: {why}");
+                rows.push(json!({"arm": arm, "skipped": why}));
+            }
+            Err(e) => {
+                eprintln!("bench:   {arm} failed: {e:#}");
+                rows.push(json!({"arm": arm, "error": short(&e)}));
+            }
+        }
+    }
+    for round in 0..plan.rounds {
+        let up = ready.len();
+        for k in 0..up {
+            check_interrupt()?;
+            let pods = &mut ready[(round + k) % up];
+            // An interrupt ends the tools too (one process group): say so
+            // rather than report their failure.
+            let gbit = iperf(pods, plan.iperf_secs)
+                .or_else(|e| check_interrupt().and(Err(e)))
+                .with_context(|| format!("{}: iperf3", pods.arm))?;
+            let lat = qperf_lat(pods, plan.lat_secs, CLIENT_CPU)
+                .or_else(|e| check_interrupt().and(Err(e)))
+                .with_context(|| format!("{}: qperf tcp_lat", pods.arm))?;
+            let lat1 = qperf_lat(pods, plan.lat_secs, SERVER_CPU)
+                .or_else(|e| check_interrupt().and(Err(e)))
+                .with_context(|| format!("{}: qperf tcp_lat on one CPU", pods.arm))?;
+            eprintln!(
+                "bench:   {} round {}: {gbit:.2} Gbit/s, {lat:.1} µs, one CPU {lat1:.1} µs",
+                pods.arm,
+                round + 1
+            );
+            if round == 0 {
+                check_shape(pods)?;
+            }
+            pods.samples.push([gbit, lat, lat1]);
+        }
+    }
+    for pods in &ready {
+        let mut row = json!({"arm": pods.arm, "samples": pods.samples.len()});
+        for (i, key) in METRICS.iter().enumerate() {
+            let v: Vec<f64> = pods.samples.iter().map(|s| s[i]).collect();
+            row[*key] = json!(median(v.clone()));
+            row[format!("{key}_min")] = json!(v.iter().copied().fold(f64::INFINITY, f64::min));
+            row[format!("{key}_max")] = json!(v.iter().copied().fold(0.0, f64::max));
+        }
+        rows.push(row);
+    }
+    drop(ready);
+    // Ratios against the two references, where both sides were measured.
+    let value = |rows: &[Value], arm: &str, key: &str| {
+        rows.iter()
+            .find(|r| r["arm"] == arm)
+            .and_then(|r| r[key].as_f64())
+    };
+    let refs: Vec<Value> = rows.clone();
+    for row in rows.iter_mut() {
+        for (reference, tag) in [("pod-calico", "calico"), ("pod-veth", "veth")] {
+            for key in METRICS {
+                if let (Some(x), Some(r)) = (row[key].as_f64(), value(&refs, reference, key)) {
+                    row[format!("{key}_vs_{tag}")] = json!(x / r);
+                }
+            }
+        }
+    }
+    for row in &rows {
+        eprintln!("bench:     {row}");
+    }
+    Ok(rows)
+}
+
+/// Builds one arm's namespaces and wiring.
+fn build(arm: &'static str) -> anyhow::Result<Result<Pods, Skipped>> {
+    let mut ns = Namespaces::new(arm)?;
+    let made = match arm {
+        "pod-veth" => veth(&mut ns)?,
+        "pod-calico" => calico(&mut ns)?,
+        "pod-lash" => {
+            let node = ns.add("node")?;
+            let p1 = ns.add("p1")?;
+            let p2 = ns.add("p2")?;
+            match lash_wire(&node, [&p1, &p2]) {
+                Ok([_, ip2]) => (p1, ip2),
+                // Dropping `ns` removes the namespaces made for it.
+                Err(s) => return Ok(Err(s)),
+            }
+        }
+        _ => unreachable!("not a pod arm: {arm}"),
+    };
+    Ok(Ok(Pods {
+        arm,
+        ns,
+        client: made.0,
+        server_ip: made.1,
+        samples: Vec::new(),
+    }))
+}
+
+/// The floor: pod 1 and pod 2 on the two ends of one veth pair.
+fn veth(ns: &mut Namespaces) -> anyhow::Result<(String, Ipv4Addr)> {
+    let p1 = ns.add("p1")?;
+    let p2 = ns.add("p2")?;
+    let (a1, a2) = (Ipv4Addr::new(10, 244, 2, 11), Ipv4Addr::new(10, 244, 2, 12));
+    ip(&[
+        "-n", &p1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &p2,
+    ])?;
+    for (p, a) in [(&p1, a1), (&p2, a2)] {
+        ip(&["-n", p, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+        ip(&["-n", p, "link", "set", "eth0", "up"])?;
+    }
+    Ok((p1, a2))
+}
+
+/// Calico-shaped kernel routing through a node namespace.
+fn calico(ns: &mut Namespaces) -> anyhow::Result<(String, Ipv4Addr)> {
+    let node = ns.add("node")?;
+    sysctl(&node, "net.ipv4.ip_forward=1")?;
+    // Proxy ARP answers for an address routed out of another interface than
+    // the one asking: on a Calico node that is the default route out of the
+    // uplink; this node has no uplink, so 169.254.1.1 is routed on lo.
+    ip(&[
+        "-n",
+        &node,
+        "route",
+        "add",
+        &format!("{CALICO_GW}/32"),
+        "dev",
+        "lo",
+    ])?;
+    let mut addrs = Vec::new();
+    for i in 1..=2u8 {
+        let pod = ns.add(&format!("p{i}"))?;
+        let addr = Ipv4Addr::new(10, 244, 1, 10 + i);
+        let cali = format!("cali{i}");
+        ip(&[
+            "-n", &node, "link", "add", &cali, "address", CALICO_MAC, "type", "veth", "peer",
+            "name", "eth0", "netns", &pod,
+        ])?;
+        sysctl(&node, &format!("net.ipv4.conf.{cali}.proxy_arp=1"))?;
+        // As Calico sets it: the kernel otherwise delays proxy ARP replies
+        // by up to 0.8 s.
+        sysctl(&node, &format!("net.ipv4.neigh.{cali}.proxy_delay=0"))?;
+        ip(&["-n", &node, "link", "set", &cali, "up"])?;
+        ip(&[
+            "-n",
+            &node,
+            "route",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            &cali,
+            "scope",
+            "link",
+        ])?;
+        ip(&[
+            "-n",
+            &pod,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n", &pod, "route", "add", CALICO_GW, "dev", "eth0", "scope", "link",
+        ])?;
+        ip(&[
+            "-n", &pod, "route", "add", "default", "via", CALICO_GW, "dev", "eth0",
+        ])?;
+        addrs.push((pod, addr));
+    }
+    Ok((addrs[0].0.clone(), addrs[1].1))
+}
+
+/// After traffic has flowed, the arm is what it says: in the Calico-shaped
+/// arm pod 1 reached its gateway through a neighbour entry with the node's
+/// ee:ee:ee:ee:ee:ee (proxy ARP answered), in the veth arm pod 2 directly.
+fn check_shape(pods: &Pods) -> anyhow::Result<()> {
+    let neigh = ip(&["-n", &pods.client, "neigh", "show", "dev", "eth0"])?;
+    let want = match pods.arm {
+        "pod-calico" => format!("{CALICO_GW} lladdr {CALICO_MAC}"),
+        "pod-veth" => format!("{} lladdr", pods.server_ip),
+        _ => return Ok(()),
+    };
+    ensure!(
+        neigh.contains(&want),
+        "{}: pod 1's neighbours are not as the arm is built ({want:?} missing): {neigh}",
+        pods.arm
+    );
+    Ok(())
+}
+
+/// The lash arm's wiring: given the node namespace and two empty pod
+/// namespaces the bench made, connect the pods as lash does and return their
+/// addresses. The measurement around it is the same as for the other arms.
+///
+/// TODO(pod datapath): needs (1) the agent started in `node` with a
+/// `--pod-cidr`, its bpffs root under /sys/fs/bpf/lash-bench-* and its state
+/// dir in a temp dir (as lash_tests::sandbox does), (2) lash-cni ADD with
+/// veths (CNI_NETNS = each pod namespace, `agentSocket` pointing at that
+/// state dir; the addresses come from the ADD results) and (3) the agent's
+/// tc from-container/to-container programs on the node-side devices. Until
+/// then the arm is reported as skipped.
+pub fn lash_wire(_node: &str, _pods: [&str; 2]) -> Result<[Ipv4Addr; 2], Skipped> {
+    Err(Skipped(
+        "not available yet: needs lash-cni ADD with veths and the agent's tc pod datapath".into(),
+    ))
+}
+
+/// Starts iperf3 and qperf servers in pod 2 (pinned to the server CPU).
+fn start_servers(mut pods: Pods) -> anyhow::Result<Pods> {
+    let server_ns = pods.ns.names().last().expect("pod 2 made last").clone();
+    let bind = pods.server_ip.to_string();
+    for (program, args, port) in [
+        (
+            "iperf3",
+            vec!["-s", "-B", bind.as_str(), "-p", "5201"],
+            IPERF_PORT,
+        ),
+        ("qperf", vec![], QPERF_PORT),
+    ] {
+        let child = in_netns(&server_ns, program, Some(SERVER_CPU))?
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {program} (cargo xtask setup installs it)"))?;
+        let pid = pods.ns.adopt(child);
+        let up = Instant::now() + Duration::from_secs(5);
+        while !listening(pid, port) {
+            if Instant::now() > up {
+                bail!("{program} in {server_ns} not listening on {port} after 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(pods)
+}
+
+fn client(pods: &Pods, program: &str, cpu: usize) -> anyhow::Result<Command> {
+    in_netns(&pods.client, program, Some(cpu))
+}
+
+/// One TCP stream from pod 1 to pod 2 for `secs`: Gbit/s received.
+fn iperf(pods: &Pods, secs: u32) -> anyhow::Result<f64> {
+    let out = run_ok(client(pods, "iperf3", CLIENT_CPU)?.args([
+        "-c",
+        &pods.server_ip.to_string(),
+        "-p",
+        &IPERF_PORT.to_string(),
+        "-t",
+        &secs.to_string(),
+        "-J",
+    ]))?;
+    let v: Value = serde_json::from_str(&out).context("iperf3's JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .context("no end.sum_received in iperf3's JSON")
+}
+
+/// qperf tcp_lat from pod 1 (on `cpu`) to pod 2 for `secs`: one-way latency
+/// in µs (half the round trip of one-byte messages, as qperf reports it).
+///
+/// Measured twice: client and server on different CPUs, as pods mostly are,
+/// where every message also pays a cross-CPU wakeup (tens of µs on this VM,
+/// more when the machine is busy), and both on the server's CPU, where what
+/// is left is mostly the stack and the datapath the arms differ in.
+fn qperf_lat(pods: &Pods, secs: u32, cpu: usize) -> anyhow::Result<f64> {
+    let out = run_ok(client(pods, "qperf", cpu)?.args([
+        &pods.server_ip.to_string(),
+        "-t",
+        &secs.to_string(),
+        "tcp_lat",
+    ]))?;
+    parse_qperf_latency(&out).with_context(|| format!("qperf said {out:?}"))
+}
+
+/// "tcp_lat:\n    latency  =  33.8 us\n" -> 33.8 (µs; ns, ms and sec scaled).
+fn parse_qperf_latency(out: &str) -> Option<f64> {
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("latency"))?;
+    let mut words = line.split('=').nth(1)?.split_whitespace();
+    let x: f64 = words.next()?.parse().ok()?;
+    let scale = match words.next()? {
+        "ns" => 1e-3,
+        "us" => 1.0,
+        "ms" => 1e3,
+        "sec" | "s" => 1e6,
+        _ => return None,
+    };
+    Some(x * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_qperf_latency;
+
+    #[test]
+    fn qperf_units() {
+        assert_eq!(
+            parse_qperf_latency("tcp_lat:\n    latency  =  33.8 us\n"),
+            Some(33.8)
+        );
+        assert_eq!(
+            parse_qperf_latency("tcp_lat:\n    latency  =  1.5 ms\n"),
+            Some(1500.0)
+        );
+        assert_eq!(parse_qperf_latency("tcp_lat:\n    failed\n"), None);
+    }
+}
