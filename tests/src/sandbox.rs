@@ -254,7 +254,11 @@ impl Sandbox {
     /// Writes a manifest atomically (a dot-file renamed into place), as a
     /// careful editor or `kubectl`-like tool would.
     pub fn write_manifest(&self, file: &str, text: &str) -> anyhow::Result<()> {
-        let tmp = self.manifests().join(format!(".{file}.tmp"));
+        // Written next to the directory and renamed in: one event, the
+        // complete file. A temporary file inside it would wake the agent on
+        // its own, and a sync of "nothing changed yet" would count as the
+        // sync a test waits for.
+        let tmp = self.work.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, self.manifests().join(file))?;
         Ok(())

@@ -3,8 +3,8 @@
 //! nothing itself (ip_forward 0, no proxy ARP, no bridge), so whatever pods
 //! reach, our programs carried: the ARP responder, local delivery into the
 //! peer's namespace, per-packet service translation for a pod outside the
-//! socket-LB cgroup, reverse translation of the replies. `podman rm` leaves
-//! nothing behind. Needs root and podman; `cargo xtask test` runs it.
+//! socket-LB cgroup, reverse translation of the replies; the node's own
+//! processes reach pods too. `podman rm` leaves nothing behind. Needs root and podman; `cargo xtask test` runs it.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -103,6 +103,22 @@ fn pods_reach_each_other_and_services_through_our_programs_only() {
         .expect("inside pings outside");
     pm.exec_ok("outside", &["ping", "-c", "2", "-W", "2", &inside])
         .expect("outside pings inside");
+    // The node's own processes (probes, kubelet) reach pods too: out
+    // through the pod's /32 route and its lxc, back through from_container
+    // to the stack.
+    ip(&[
+        "netns",
+        "exec",
+        &sb.node_ns,
+        "busybox",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        &backend,
+    ])
+    .expect("the node pings a pod");
     let body = pm
         .exec_ok(
             "inside",
@@ -194,7 +210,6 @@ fn pods_reach_each_other_and_services_through_our_programs_only() {
             .any(|l| l.contains("SERVICE") && l.contains(&format!("{inside}:"))),
         "{ct}"
     );
-    let _ = backend;
     let metrics = sb.agent_cli(&["bpf", "metrics", "list"]).unwrap();
     assert!(metrics.contains("Forwarded"), "{metrics}");
 
