@@ -203,7 +203,8 @@ fn endpoints_are_attached_restored_and_removed_whole() {
     // Restart; meanwhile one lxc disappears.
     sb.stop_agent(false).unwrap();
     ip(&["-n", &sb.node_ns, "link", "del", &gone.host]).unwrap();
-    sb.start_agent(&["--pod-cidr", CIDR]).expect("agent again");
+    sb.start_agent(&["--pod-cidr", CIDR, "--ct-gc-interval", "1"])
+        .expect("agent again");
     let mut c = rt.block_on(lash_api::connect(&socket)).expect("connecting");
     let get = |c: &mut lash_api::v1::cni_client::CniClient<_>, id: &str| {
         rt.block_on(c.get_endpoint(GetEndpointRequest {
@@ -278,7 +279,41 @@ fn endpoints_are_attached_restored_and_removed_whole() {
         world.starts_with("192.0.2.1 maps to identity 2 (world"),
         "{world}"
     );
-    sb.agent_cli(&["bpf", "ct", "list", "global"]).unwrap();
+    // The conntrack sweep (every second here) deletes what expired and
+    // keeps the rest: two TCP entries written as the programs would, one
+    // whose lifetime (monotonic seconds, bytes 32..36 of the value) is long
+    // past, one far ahead.
+    let ct = sb.bpf_root.join("ct4_global");
+    let entry = |sport: u8, lifetime: [u8; 4]| {
+        let mut args: Vec<String> = ["map", "update", "pinned"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(ct.display().to_string());
+        args.push("key".into());
+        args.push("hex".into());
+        // daddr 10.244.7.11, saddr 10.244.7.10, the packet's ports, TCP, OUT.
+        for b in [10, 244, 7, 11, 10, 244, 7, 10, 0x9c, sport, 0, 80, 6, 0] {
+            args.push(format!("{b:02x}"));
+        }
+        args.push("value".into());
+        args.push("hex".into());
+        let mut v = [0u8; 56];
+        v[32..36].copy_from_slice(&lifetime);
+        args.extend(v.iter().map(|b| format!("{b:02x}")));
+        lash_tests::sandbox::bpftool(args);
+    };
+    entry(0x41, 1u32.to_le_bytes());
+    entry(0x42, 0x7fff_0000u32.to_le_bytes());
+    let swept = lash_tests::sandbox::wait_for(std::time::Duration::from_secs(5), || {
+        let list = sb.agent_cli(&["bpf", "ct", "list", "global"]).unwrap();
+        (!list.contains(":40001 ->")).then_some(list)
+    })
+    .expect("the expired entry is swept");
+    assert!(
+        swept.contains("TCP OUT 10.244.7.10:40002 -> 10.244.7.11:80"),
+        "{swept}"
+    );
     let metrics = sb.agent_cli(&["bpf", "metrics", "list"]).unwrap();
     assert!(metrics.starts_with("REASON"), "{metrics}");
     drop(c);
