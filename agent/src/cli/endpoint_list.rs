@@ -81,12 +81,8 @@ pub fn table(rows: &[Row]) -> String {
         );
         let _ = writeln!(
             out,
-            "{:<10} {:<18} {:<18} {:<10} {}",
-            "",
-            "",
-            "",
-            "",
-            format!("cni:interface={} lxc={}", r.ifname, r.host_ifname)
+            "{:<10} {:<18} {:<18} {:<10} cni:interface={} lxc={}",
+            "", "", "", "", r.ifname, r.host_ifname
         );
     }
     out

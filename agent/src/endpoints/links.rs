@@ -55,7 +55,7 @@ pub enum LinkErr {
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("attaching {name} to {hook} of {ifname}: {source}")]
     Attach {
@@ -63,7 +63,7 @@ pub enum LinkErr {
         hook: &'static str,
         ifname: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("pinning the {hook} link of {ifname} at {path}: {source}")]
     Pin {
@@ -84,7 +84,7 @@ pub enum LinkErr {
     Query {
         ifname: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
 }
 
@@ -102,7 +102,10 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), LinkErr> {
     for (name, _) in LXC_PROGRAMS {
         program(ebpf, name)?
             .load()
-            .map_err(|source| LinkErr::Program { name, source })?;
+            .map_err(|source| LinkErr::Program {
+                name,
+                source: Box::new(source),
+            })?;
     }
     Ok(())
 }
@@ -111,10 +114,13 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
     ebpf.program_mut(name)
         .ok_or(LinkErr::Program {
             name,
-            source: ProgramError::UnexpectedProgramType,
+            source: Box::new(ProgramError::UnexpectedProgramType),
         })?
         .try_into()
-        .map_err(|source| LinkErr::Program { name, source })
+        .map_err(|source| LinkErr::Program {
+            name,
+            source: Box::new(source),
+        })
 }
 
 fn not_found(e: &LinkError) -> bool {
@@ -139,7 +145,7 @@ pub fn attach(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), Link
             name,
             hook: hook.as_str(),
             ifname: ifname.into(),
-            source,
+            source: Box::new(source),
         };
         let id = prog
             .attach_with_options(
@@ -183,7 +189,7 @@ pub fn take_over(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), L
             name,
             hook: hook.as_str(),
             ifname: ifname.into(),
-            source,
+            source: Box::new(source),
         };
         match PinnedLink::from_pin(&path) {
             Ok(old) => {
@@ -278,7 +284,7 @@ pub fn attached(ifname: &str) -> Result<Vec<String>, LinkErr> {
         let (_, progs) =
             SchedClassifier::query_tcx(ifname, hook.tc()).map_err(|source| LinkErr::Query {
                 ifname: ifname.into(),
-                source,
+                source: Box::new(source),
             })?;
         for p in progs {
             let name = p.name_as_str().unwrap_or("?").to_owned();

@@ -83,12 +83,25 @@ pub enum EndpointError {
     IdsExhausted,
     #[error(transparent)]
     Write(#[from] MapWriteError),
+    // Boxed: aya's errors are large, and every Result here carries them.
     #[error(transparent)]
-    Maps(#[from] MapsError),
+    Maps(Box<MapsError>),
     #[error(transparent)]
-    Links(#[from] LinkErr),
+    Links(Box<LinkErr>),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<MapsError> for EndpointError {
+    fn from(e: MapsError) -> Self {
+        EndpointError::Maps(Box::new(e))
+    }
+}
+
+impl From<LinkErr> for EndpointError {
+    fn from(e: LinkErr) -> Self {
+        EndpointError::Links(Box::new(e))
+    }
 }
 
 /// Endpoints at a glance, for `agent status`.
