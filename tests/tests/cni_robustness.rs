@@ -7,7 +7,7 @@
 //! - the agent dying inside CreateEndpoint (a failpoint aborts it after the
 //!   map entries are written): ADD says "try again" (11) and removes its
 //!   veth; the restarted agent plus GC clear the rest, and the ADD works
-//!   when retried;
+//!   when retried (also straight after the restart, with no GC between);
 //! - the agent killed or stopped: pods keep talking (the pinned tcx links
 //!   keep the programs attached; the node forwards nothing itself), and the
 //!   restarted agent serves CHECK and lists both endpoints ready.
@@ -488,6 +488,31 @@ fn the_agent_dying_mid_add_is_try_again_and_gc_clears_the_rest() {
     node.del(&container, &pod.path())
         .assert_quiet_success("DEL");
     node.assert_nothing_left("after DEL");
+
+    // Again, and this time the runtime retries the ADD as soon as the agent
+    // is back, with no GC between: the held address is the one it gets.
+    node.sb.stop_agent(false).unwrap();
+    node.sb
+        .start_agent_env(
+            &["--pod-cidr", &cidr],
+            &[("LASH_FAILPOINT", "endpoint-create-entries-written")],
+        )
+        .expect("agent with the failpoint");
+    let add = node.add(&container, &pod.path());
+    assert_eq!(add.code(), 11, "{}", add.stdout);
+    node.sb.stop_agent(true).unwrap();
+    let held = node.allocations()[&owner].as_str().unwrap().to_string();
+    node.start();
+    let result = succeeded(&node.add(&container, &pod.path()), "ADD retried");
+    assert_eq!(address_of(&result).to_string(), held);
+    assert_ready(&node.endpoints(), &container, address_of(&result));
+    assert_eq!(node.lxc_pod_entries(), BTreeSet::from([held.clone()]));
+    assert_eq!(node.ipcache_pod_entries(), BTreeSet::from([held]));
+    node.check(&container, &pod.path(), &result)
+        .assert_quiet_success("CHECK after the retry");
+    node.del(&container, &pod.path())
+        .assert_quiet_success("DEL");
+    node.assert_nothing_left("after the retry's DEL");
 }
 
 #[test]
