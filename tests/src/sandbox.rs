@@ -341,10 +341,26 @@ impl Sandbox {
 
     /// The same, waiting up to `timeout` for the first reconcile.
     pub fn start_agent_timeout(&mut self, extra: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        self.start_agent_with(extra, &[], timeout)
+    }
+
+    /// `start_agent` with extra environment variables for the agent (a
+    /// failpoint: `LASH_FAILPOINT`).
+    pub fn start_agent_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.start_agent_with(extra, env, Duration::from_secs(20))
+    }
+
+    fn start_agent_with(
+        &mut self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(self.state_dir().join("status.json"));
         let log = std::fs::File::create(self.work.join("agent.log"))?;
         let child = self
             .agent_cmd()
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--manifests")
             .arg(self.manifests())
