@@ -6,31 +6,42 @@
 //! - `clusterip-iptables`: kube-proxy's iptables nat table (kube_proxy.rs,
 //!   the same rules as the `iptables` arm) in the node namespace, forwarding
 //!   on; the client runs in pod 4 and the target's backends are pods 1-3.
-//! - `clusterip-lash`: the agent's tc path; `lash_tc` says it is not there
-//!   yet, and the report shows the arm skipped.
+//! - `clusterip-lash`: the agent's tc path: the agent runs in the node
+//!   namespace with a pod range (lash_node.rs), the four pods are made by
+//!   the real lash-cni (ADD), the service set is written to the agent's
+//!   manifest directory with the target backed by pods 1-3, and the client in
+//!   pod 4 is in no socket-LB cgroup, so from_container on its lxc translates
+//!   every packet (conntrack, reverse NAT on the way back). ip_forward stays
+//!   0. The pods are DELeted at the end and the node checked empty.
 //!
 //! The client probe runs in the pod's namespace, pinned to CPU 0, in no
 //! cgroup of the sandbox's; the pods' servers on CPU 1. Rounds rotate over
 //! the arms as in the socket-LB bench; medians over rounds.
 
-use std::process::Command;
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{ensure, Context as _};
-use lash_tests::sandbox::{bin, Pod, Sandbox};
+use lash_tests::sandbox::{bin, wait_for, Pod, Sandbox};
 use serde_json::{json, Value};
 
 use super::probe::{ns_exec, run_ok, timed};
-use super::services::{self, Svc, TARGET_PORT, TARGET_VIP};
+use super::services::{self, TARGET_PORT, TARGET_VIP};
 use super::{check_interrupt, median, short, Plan, CLIENT_CPU, SERVER_CPU};
 
 pub const ARMS: [&str; 2] = ["clusterip-iptables", "clusterip-lash"];
 
-/// Why an arm was not measured; the report shows it as skipped.
-pub struct Skipped(pub String);
+/// The lash arm's pod range.
+const LASH_CIDR: &str = "10.244.5.0/24";
 
 struct Node {
     arm: &'static str,
     sb: Sandbox,
+    /// clusterip-lash: the pods lash-cni added (container id, namespace),
+    /// DELeted at the end.
+    lash_pods: Vec<(String, String)>,
     /// Programming the whole service set, ms.
     full_sync_ms: f64,
     samples: Vec<(f64, f64, f64)>,
@@ -46,11 +57,7 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
         for &arm in arms {
             check_interrupt()?;
             match build(arm, n) {
-                Ok(Ok(node)) => ready.push(node),
-                Ok(Err(Skipped(why))) => {
-                    eprintln!("bench:   {arm} skipped: {why}");
-                    not_measured.push(json!({"services": n, "arm": arm, "skipped": why}));
-                }
+                Ok(node) => ready.push(node),
                 Err(e) => {
                     eprintln!("bench:   {arm} at {n} failed: {e:#}");
                     not_measured.push(json!({"services": n, "arm": arm, "error": short(&e)}));
@@ -91,6 +98,23 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
             eprintln!("bench:     {row}");
             rows.push(row);
         }
+        // DEL the lash pods; anything left fails the row.
+        for node in ready.iter().filter(|n| !n.lash_pods.is_empty()) {
+            let clean = node
+                .lash_pods
+                .iter()
+                .try_for_each(|(id, ns)| super::lash_node::del(&node.sb, id, ns))
+                .and_then(|()| super::lash_node::check_clean(&node.sb));
+            if let Err(e) = clean {
+                eprintln!("bench:   {} teardown failed: {e:#}", node.arm);
+                if let Some(row) = rows
+                    .iter_mut()
+                    .find(|r| r["services"] == n && r["arm"] == node.arm)
+                {
+                    *row = json!({"services": n, "arm": node.arm, "error": format!("teardown: {}", short(&e))});
+                }
+            }
+        }
         rows.append(&mut not_measured);
         // Dropping the sandboxes ends their servers and removes them.
     }
@@ -104,14 +128,14 @@ fn client(sb: &Sandbox) -> &Pod {
 
 /// One arm at `n` background Services: its sandbox, programmed, servers up,
 /// and the target answering from the client pod.
-fn build(arm: &'static str, n: u32) -> anyhow::Result<Result<Node, Skipped>> {
-    let mut sb = Sandbox::new(&format!("bench-{arm}"), 4)
-        .with_context(|| format!("building the {arm} sandbox"))?;
-    sb.start_pod_servers_on(Some(SERVER_CPU))?;
-    let backends: Vec<_> = sb.pods[0..3].iter().map(|p| p.ip).collect();
-    let svcs = services::all(n, services::target(&backends));
-    let ms = match arm {
+fn build(arm: &'static str, n: u32) -> anyhow::Result<Node> {
+    let (sb, lash_pods, ms) = match arm {
         "clusterip-iptables" => {
+            let mut sb = Sandbox::new(&format!("bench-{arm}"), 4)
+                .with_context(|| format!("building the {arm} sandbox"))?;
+            sb.start_pod_servers_on(Some(SERVER_CPU))?;
+            let backends: Vec<_> = sb.pods[0..3].iter().map(|p| p.ip).collect();
+            let svcs = services::all(n, services::target(&backends));
             // DNAT happens in PREROUTING; the translated packet is then
             // forwarded to the backend's lxc.
             run_ok(&mut ns_exec(
@@ -120,17 +144,16 @@ fn build(arm: &'static str, n: u32) -> anyhow::Result<Result<Node, Skipped>> {
             ))?;
             let rules = sb.work.join("iptables.rules");
             std::fs::write(&rules, super::kube_proxy::iptables_full(&svcs))?;
-            timed(ns_exec(&sb, &["iptables-restore"]).arg(&rules))?
+            let ms = timed(ns_exec(&sb, &["iptables-restore"]).arg(&rules))?;
+            (sb, Vec::new(), ms)
         }
-        "clusterip-lash" => match lash_tc(&mut sb, &svcs) {
-            Ok(ms) => ms,
-            Err(s) => return Ok(Err(s)),
-        },
+        "clusterip-lash" => lash_tc(arm, n)?,
         _ => unreachable!("not a ClusterIP arm: {arm}"),
     };
     let node = Node {
         arm,
         sb,
+        lash_pods,
         full_sync_ms: ms,
         samples: Vec::new(),
     };
@@ -140,20 +163,70 @@ fn build(arm: &'static str, n: u32) -> anyhow::Result<Result<Node, Skipped>> {
         once["ok"] == true,
         "{arm}: the target does not answer from a pod: {once}"
     );
-    Ok(Ok(node))
+    Ok(node)
 }
 
-/// The lash arm: the agent serving `svcs` on `sb`'s node, with its tc
-/// programs on the pods' lxc devices; returns ms to its first full sync.
-///
-/// TODO(pod datapath): needs from-container's per-packet service translation
-/// (and to-container's reverse NAT) attached by the agent to the lxc devices
-/// (lash_arm::full_sync starts the agent on the manifests). Until then the
-/// arm is reported as skipped.
-pub fn lash_tc(_sb: &mut Sandbox, _svcs: &[Svc]) -> Result<f64, Skipped> {
-    Err(Skipped(
-        "not available yet: needs from-container's service translation on the lxc devices".into(),
-    ))
+/// The lash arm: a node with the agent (pod range, map capacity for the
+/// service set), four pods made by lash-cni with servers in them, then the
+/// service set (target on pods 1-3) written to the agent's manifests.
+/// Returns the node, the pods to DEL and ms from writing the manifests until
+/// the agent reports them all programmed.
+#[allow(clippy::type_complexity)]
+fn lash_tc(arm: &str, n: u32) -> anyhow::Result<(Sandbox, Vec<(String, String)>, f64)> {
+    let total = n as usize + 1;
+    let map_max = super::lash_arm::map_max(total).to_string();
+    let mut sb = super::lash_node::start(
+        &format!("bench-{arm}"),
+        LASH_CIDR,
+        &["--lb-map-max", &map_max],
+    )?;
+    let mut added = Vec::new();
+    for i in 1..=4 {
+        let netns = format!("{}-p{i}", sb.name);
+        // The sandbox removes it with the rest.
+        sb.add_netns(&netns)?;
+        let id = format!("{}-{i}", sb.name);
+        let a = super::lash_node::add(&sb, &id, &netns)?;
+        added.push((id, netns.clone()));
+        sb.pods.push(Pod {
+            name: format!("pod-{i}"),
+            netns,
+            ip: a.ip,
+            lxc: a.lxc,
+        });
+    }
+    sb.start_pod_servers_on(Some(SERVER_CPU))?;
+    let backends: Vec<_> = sb.pods[0..3].iter().map(|p| p.ip).collect();
+    let svcs = services::all(n, services::target(&backends));
+    let syncs = sb.syncs();
+    let start = Instant::now();
+    super::lash_arm::write_manifests(&sb, &svcs)?;
+    // Done when a reconcile after the write reports every Service.
+    let status = || {
+        std::fs::read_to_string(sb.state_dir().join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    };
+    let done = wait_for(Duration::from_secs(600), || {
+        status().filter(|s| {
+            s["syncs"].as_u64().unwrap_or(0) > syncs
+                && s["services"].as_u64().unwrap_or(0) >= total as u64
+        })
+    })
+    .with_context(|| {
+        format!(
+            "the agent did not program {total} Services; status {:?}, log:\n{}",
+            status(),
+            sb.agent_log()
+        )
+    })?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    ensure!(
+        done["errors"].as_array().is_none_or(Vec::is_empty),
+        "agent errors: {}",
+        done["errors"]
+    );
+    Ok((sb, added, ms))
 }
 
 /// lash-probe MODE to the target from the client pod (no cgroup of ours).

@@ -8,8 +8,10 @@
 //! - `cni-bridge`: the reference plugins (containernetworking-plugins in
 //!   /usr/lib/cni), `bridge` with `host-local` IPAM on a private range, its
 //!   state in a temp dir (`dataDir`), no masquerade (no iptables).
-//! - `cni-lash`: lash-cni; it needs a running agent, so `lash_arm` reports it
-//!   skipped until the bench starts one.
+//! - `cni-lash`: the release lash-cni against the release agent, which runs
+//!   inside the arm's node namespace with a pod range (lash_node.rs); after
+//!   the DELs the node has no lxc device, the agent no endpoint and its IPAM
+//!   no address in use.
 //!
 //! A call's time is the runtime's view: fork and exec of each plugin in the
 //! chain, its work, and reading its result. One unmeasured ADD and DEL go
@@ -24,6 +26,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
+use lash_tests::sandbox::{bin, Sandbox};
 use serde_json::{json, Value};
 
 use super::namespaces::{in_netns, ip, netns_path, Namespaces};
@@ -47,10 +50,13 @@ pub struct CniArm {
     pub conflist: Value,
     /// Removed after the arm (plugin state such as host-local's files).
     pub work: PathBuf,
+    /// cni-lash: the node the agent runs in (its namespace is where the
+    /// chain runs), dropped with the arm.
+    pub agent: Option<Sandbox>,
 }
 
-/// Why an arm was not measured; the report shows it as skipped.
-pub struct Skipped(pub String);
+/// The lash arm's pod range: room for the 100 sequential pods.
+const LASH_CIDR: &str = "10.244.4.0/24";
 
 pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
     let mut rows = Vec::new();
@@ -58,29 +64,29 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
         check_interrupt()?;
         eprintln!("bench:   {arm}");
         let mut ns = Namespaces::new(arm)?;
-        let made = ns.add("node").and_then(|node| {
-            Ok(match arm {
-                "cni-bridge" => Ok((reference_arm(&ns.prefix)?, node)),
-                "cni-lash" => lash_arm(&mut ns, &node).map(|a| (a, node)),
-                _ => unreachable!("not a CNI arm: {arm}"),
-            })
-        });
+        let made = match arm {
+            "cni-bridge" => ns
+                .add("node")
+                .and_then(|node| Ok((reference_arm(&ns.prefix)?, node))),
+            "cni-lash" => lash_arm().map(|a| {
+                let node = a.agent.as_ref().expect("lash has a node").node_ns.clone();
+                (a, node)
+            }),
+            _ => unreachable!("not a CNI arm: {arm}"),
+        };
         let measured = match made {
-            Ok(Ok((cni, node))) => {
+            Ok((cni, node)) => {
                 let r = measure(plan, &cni, &mut ns, &node);
                 let work = cni.work.clone();
-                // Namespaces first (their veths go with them), then the state.
+                // Namespaces first (their veths go with them), then the
+                // agent's node (its drop removes its dirs), then the state.
                 drop(ns);
+                drop(cni);
                 let _ = std::fs::remove_dir_all(&work);
                 r.and_then(|rows| {
                     ensure!(!work.exists(), "{} was not removed", work.display());
                     Ok(rows)
                 })
-            }
-            Ok(Err(Skipped(why))) => {
-                eprintln!("bench:   {arm} skipped: {why}");
-                rows.push(json!({"arm": arm, "skipped": why}));
-                continue;
             }
             Err(e) => Err(e),
         };
@@ -134,20 +140,29 @@ fn reference_arm(prefix: &str) -> anyhow::Result<CniArm> {
         bin_dir: REFERENCE_DIR.into(),
         conflist,
         work,
+        agent: None,
     })
 }
 
-/// The lash-cni arm: the same measurement with `bin_dir` = the release
-/// binaries and a conflist of `{"type": "lash-cni", "agentSocket": ...}`.
-///
-/// TODO(pod datapath): needs the agent running in the node namespace `node`
-/// with `--pod-cidr`, its bpffs root under /sys/fs/bpf/lash-bench-*
-/// and its state dir (the API socket) under a temp dir as `work`, stopped
-/// when the arm ends; and lash-cni ADD making veths. Until then: skipped.
-pub fn lash_arm(_ns: &mut Namespaces, _node: &str) -> Result<CniArm, Skipped> {
-    Err(Skipped(
-        "not available yet: needs a running agent for lash-cni (and ADD with veths)".into(),
-    ))
+/// The lash-cni arm: the same measurement with `bin_dir` = the bench's
+/// (release) binaries and a conflist of `{"type": "lash-cni", "agentSocket":
+/// ...}`, against the agent running in its node namespace.
+fn lash_arm() -> anyhow::Result<CniArm> {
+    let sb = super::lash_node::start("bench-cni-lash-node", LASH_CIDR, &[])?;
+    let plugin = bin("lash-cni");
+    ensure!(plugin.exists(), "{} missing", plugin.display());
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "lash-bench",
+        "plugins": [{"type": "lash-cni", "agentSocket": super::lash_node::socket(&sb)}],
+    });
+    Ok(CniArm {
+        name: "cni-lash",
+        bin_dir: plugin.parent().context("lash-cni's directory")?.into(),
+        conflist,
+        work: sb.work.clone(),
+        agent: Some(sb),
+    })
 }
 
 /// One plugin run inside `node`: its result (or error) as JSON.
@@ -255,6 +270,8 @@ fn measure(
     }
     let arm_name = ns.prefix.clone();
     let id = |i: usize| format!("{arm_name}-{i}");
+    // The node's own veths (the lash sandbox's sink0): not the plugin's.
+    let own = node_veths(node)?;
 
     // Warm-up, unmeasured.
     let (_, r) = chain(cni, node, "ADD", &id(0), &netns[0], None)?;
@@ -276,7 +293,7 @@ fn measure(
         check_interrupt()?;
         dels.push(chain(cni, node, "DEL", &id(i), n, Some(&results[i]))?.0);
     }
-    check_clean(cni, node, &netns)?;
+    check_clean(cni, node, &netns, &own)?;
     rows.push(row(cni, "sequential", adds, dels));
 
     // All at once: each call on a thread of its own, released together.
@@ -307,7 +324,7 @@ fn measure(
     let results: Vec<Value> = added.iter().map(|a| a.1.clone()).collect();
     let adds = added.iter().map(|a| a.0).collect();
     let dels = go("DEL", Some(results))?.iter().map(|d| d.0).collect();
-    check_clean(cni, node, &netns)?;
+    check_clean(cni, node, &netns, &own)?;
     rows.push(row(cni, "parallel", adds, dels));
     Ok(rows)
 }
@@ -331,16 +348,32 @@ fn check_added(result: &Value, netns: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// After the DELs: no container has an eth0 left, no veth is left in the
-/// node, and no address is still reserved in the plugin's state.
-fn check_clean(cni: &CniArm, node: &str, netns: &[PathBuf]) -> anyhow::Result<()> {
+/// The node's veth names.
+fn node_veths(node: &str) -> anyhow::Result<Vec<String>> {
+    Ok(ip(&["-n", node, "-o", "link", "show", "type", "veth"])?
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect())
+}
+
+/// After the DELs: no container has an eth0 left, no veth but the node's
+/// own (`own`) is left in the node, and no address is still reserved in the
+/// plugin's state (host-local's files; lash: the agent's endpoints and IPAM).
+fn check_clean(cni: &CniArm, node: &str, netns: &[PathBuf], own: &[String]) -> anyhow::Result<()> {
     for n in netns {
         let name = n.file_name().unwrap_or_default().to_string_lossy();
         let links = ip(&["-n", &name, "-o", "link", "show"])?;
         ensure!(!links.contains("eth0"), "{name} still has eth0 after DEL");
     }
-    let veths = ip(&["-n", node, "-o", "link", "show", "type", "veth"])?;
-    ensure!(veths.trim().is_empty(), "veths left in the node: {veths}");
+    let veths: Vec<String> = node_veths(node)?
+        .into_iter()
+        .filter(|v| !own.contains(v))
+        .collect();
+    ensure!(veths.is_empty(), "veths left in the node: {veths:?}");
+    if let Some(sb) = &cni.agent {
+        super::lash_node::check_clean(sb)?;
+    }
     // host-local keeps one file per reserved address (named by the address)
     // next to its bookkeeping (lock, last_reserved_ip.N).
     let dir = cni.work.join("host-local");

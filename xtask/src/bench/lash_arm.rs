@@ -19,26 +19,36 @@ use super::services::{Svc, POD_PORT, TARGET_VIP};
 /// a fresh agent on them. Returns the time from start until the agent reports
 /// its first full sync: program load and map creation included.
 pub fn full_sync(sb: &mut Sandbox, svcs: &[Svc]) -> anyhow::Result<f64> {
+    write_manifests(sb, svcs)?;
+    let start = Instant::now();
+    sb.start_agent_timeout(
+        &["--lb-map-max", &map_max(svcs.len()).to_string()],
+        Duration::from_secs(600),
+    )?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Replaces the sandbox's manifests with `svcs`: JSON Lists of 1000
+/// services, the target alone in a YAML file of its own.
+pub fn write_manifests(sb: &Sandbox, svcs: &[Svc]) -> anyhow::Result<()> {
     let dir = sb.manifests();
     for e in std::fs::read_dir(&dir)? {
         std::fs::remove_file(e?.path())?;
     }
     let (target, rest): (Vec<&Svc>, Vec<&Svc>) = svcs.iter().partition(|s| s.vip == TARGET_VIP);
     for (i, chunk) in rest.chunks(1000).enumerate() {
-        std::fs::write(dir.join(format!("bulk-{i:03}.json")), manifest_json(chunk))?;
+        // Renamed into place, so the agent's watch never reads half a file.
+        sb.write_manifest(&format!("bulk-{i:03}.json"), &manifest_json(chunk))?;
     }
     let t: Vec<Svc> = target.into_iter().cloned().collect();
-    std::fs::write(dir.join("target.yaml"), manifest(&t))?;
+    sb.write_manifest("target.yaml", &manifest(&t))
+}
 
-    let entries = (svcs.len() as u32 + 1) * 4;
-    // The compiled-in default (65536) is the floor, as for a user.
-    let map_max = entries.next_power_of_two().max(65536);
-    let start = Instant::now();
-    sb.start_agent_timeout(
-        &["--lb-map-max", &map_max.to_string()],
-        Duration::from_secs(600),
-    )?;
-    Ok(start.elapsed().as_secs_f64() * 1e3)
+/// `--lb-map-max` for `services` Services: room for all of them, the
+/// compiled-in default (65536) the floor, as for a user.
+pub fn map_max(services: usize) -> u32 {
+    let entries = (services as u32 + 1) * 4;
+    entries.next_power_of_two().max(65536)
 }
 
 /// Service + EndpointSlice documents for `svcs`, as YAML.

@@ -8,8 +8,11 @@
 //!   into the node namespace whose node end has MAC ee:ee:ee:ee:ee:ee and
 //!   proxy_arp on, a /32 route per pod on the node, forwarding on, and the
 //!   pods' default route via 169.254.1.1 (a link-scope route to it on eth0).
-//! - `pod-lash`: pods made by lash-cni, served by the agent's tc programs
-//!   (not there yet: `lash_wire` says so, and the report shows it skipped).
+//! - `pod-lash`: pods made by the real lash-cni (ADD), served by the agent's
+//!   tc programs on their lxc devices; the agent runs inside a node namespace
+//!   of its own (lash_node.rs) with ip_forward 0 there, so only the BPF path
+//!   (bpf_redirect_peer) can carry the traffic. Both pods are DELeted at the
+//!   end and the node checked empty.
 //!
 //! The servers run in pod 2 pinned to one CPU, the clients in pod 1 on the
 //! other; the arms take turns over the rounds as in the socket-LB bench, and
@@ -27,6 +30,7 @@ use serde_json::{json, Value};
 use super::namespaces::{in_netns, ip, listening, sysctl, Namespaces};
 use super::probe::run_ok;
 use super::{check_interrupt, median, short, CLIENT_CPU, SERVER_CPU};
+use lash_tests::sandbox::Sandbox;
 
 pub const ARMS: [&str; 3] = ["pod-veth", "pod-calico", "pod-lash"];
 
@@ -48,12 +52,15 @@ pub struct Plan {
     pub lat_secs: u32,
 }
 
-/// Why an arm was not measured; the report shows it as skipped.
-pub struct Skipped(pub String);
+/// The lash arm's pod range.
+const LASH_CIDR: &str = "10.244.3.0/24";
 
 /// Two wired pods with the servers running in pod 2.
 struct Pods {
     arm: &'static str,
+    /// pod-lash: the node with the agent, and the pods' container ids with
+    /// their namespaces (for the DELs).
+    lash: Option<(Sandbox, Vec<(String, String)>)>,
     ns: Namespaces,
     client: String,
     server_ip: Ipv4Addr,
@@ -66,16 +73,8 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
     let mut ready: Vec<Pods> = Vec::new();
     for &arm in arms {
         check_interrupt()?;
-        let built = build(arm).and_then(|b| match b {
-            Ok(pods) => start_servers(pods).map(Ok),
-            Err(s) => Ok(Err(s)),
-        });
-        match built {
-            Ok(Ok(pods)) => ready.push(pods),
-            Ok(Err(Skipped(why))) => {
-                eprintln!("bench:   {arm} skipped: {why}");
-                rows.push(json!({"arm": arm, "skipped": why}));
-            }
+        match build(arm).and_then(start_servers) {
+            Ok(pods) => ready.push(pods),
             Err(e) => {
                 eprintln!("bench:   {arm} failed: {e:#}");
                 rows.push(json!({"arm": arm, "error": short(&e)}));
@@ -119,6 +118,18 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
         }
         rows.push(row);
     }
+    // DEL the lash pods and check the node is left empty; a failure there
+    // fails the arm's row.
+    for pods in &mut ready {
+        if let Some((sb, added)) = pods.lash.take() {
+            if let Err(e) = lash_teardown(&sb, &added) {
+                eprintln!("bench:   {} teardown failed: {e:#}", pods.arm);
+                if let Some(row) = rows.iter_mut().find(|r| r["arm"] == pods.arm) {
+                    *row = json!({"arm": pods.arm, "error": format!("teardown: {}", short(&e))});
+                }
+            }
+        }
+    }
     drop(ready);
     // Ratios against the two references, where both sides were measured.
     let value = |rows: &[Value], arm: &str, key: &str| {
@@ -143,30 +154,30 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Builds one arm's namespaces and wiring.
-fn build(arm: &'static str) -> anyhow::Result<Result<Pods, Skipped>> {
+fn build(arm: &'static str) -> anyhow::Result<Pods> {
     let mut ns = Namespaces::new(arm)?;
+    let mut lash = None;
     let made = match arm {
         "pod-veth" => veth(&mut ns)?,
         "pod-calico" => calico(&mut ns)?,
         "pod-lash" => {
-            let node = ns.add("node")?;
             let p1 = ns.add("p1")?;
             let p2 = ns.add("p2")?;
-            match lash_wire(&node, [&p1, &p2]) {
-                Ok([_, ip2]) => (p1, ip2),
-                // Dropping `ns` removes the namespaces made for it.
-                Err(s) => return Ok(Err(s)),
-            }
+            // On an error the sandbox's and `ns`'s drops remove everything.
+            let (sb, added, ip2) = lash_wire(&ns.prefix, [&p1, &p2])?;
+            lash = Some((sb, added));
+            (p1, ip2)
         }
         _ => unreachable!("not a pod arm: {arm}"),
     };
-    Ok(Ok(Pods {
+    Ok(Pods {
         arm,
+        lash,
         ns,
         client: made.0,
         server_ip: made.1,
         samples: Vec::new(),
-    }))
+    })
 }
 
 /// The floor: pod 1 and pod 2 on the two ends of one veth pair.
@@ -254,6 +265,13 @@ fn check_shape(pods: &Pods) -> anyhow::Result<()> {
     let want = match pods.arm {
         "pod-calico" => format!("{CALICO_GW} lladdr {CALICO_MAC}"),
         "pod-veth" => format!("{} lladdr", pods.server_ip),
+        "pod-lash" => {
+            // Still no forwarding in the node: the tc programs carried it.
+            let (sb, _) = pods.lash.as_ref().expect("pod-lash has its node");
+            let fwd = super::lash_node::sysctl(sb, "net.ipv4.ip_forward")?;
+            ensure!(fwd == "0", "pod-lash: ip_forward became {fwd} in the node");
+            return Ok(());
+        }
         _ => return Ok(()),
     };
     ensure!(
@@ -264,21 +282,33 @@ fn check_shape(pods: &Pods) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lash arm's wiring: given the node namespace and two empty pod
-/// namespaces the bench made, connect the pods as lash does and return their
-/// addresses. The measurement around it is the same as for the other arms.
-///
-/// TODO(pod datapath): needs (1) the agent started in `node` with a
-/// `--pod-cidr`, its bpffs root under /sys/fs/bpf/lash-bench-* and its state
-/// dir in a temp dir (as lash_tests::sandbox does), (2) lash-cni ADD with
-/// veths (CNI_NETNS = each pod namespace, `agentSocket` pointing at that
-/// state dir; the addresses come from the ADD results) and (3) the agent's
-/// tc from-container/to-container programs on the node-side devices. Until
-/// then the arm is reported as skipped.
-pub fn lash_wire(_node: &str, _pods: [&str; 2]) -> Result<[Ipv4Addr; 2], Skipped> {
-    Err(Skipped(
-        "not available yet: needs lash-cni ADD with veths and the agent's tc pod datapath".into(),
-    ))
+/// The lash arm's wiring: a node (sandbox) with the agent running in it
+/// with a pod range, and the two pod namespaces the bench made attached by
+/// lash-cni ADD. Returns the node, the (container id, namespace) pairs and
+/// pod 2's address.
+#[allow(clippy::type_complexity)]
+fn lash_wire(
+    prefix: &str,
+    pods: [&str; 2],
+) -> anyhow::Result<(Sandbox, Vec<(String, String)>, Ipv4Addr)> {
+    let sb = super::lash_node::start("bench-pod-lash-node", LASH_CIDR, &[])?;
+    let mut added = Vec::new();
+    let mut ip2 = Ipv4Addr::UNSPECIFIED;
+    for (i, pod) in pods.into_iter().enumerate() {
+        let id = format!("{prefix}-p{}", i + 1);
+        let a = super::lash_node::add(&sb, &id, pod)?;
+        added.push((id, pod.to_string()));
+        ip2 = a.ip;
+    }
+    Ok((sb, added, ip2))
+}
+
+/// DEL both pods, then nothing of them may be left on the node.
+fn lash_teardown(sb: &Sandbox, added: &[(String, String)]) -> anyhow::Result<()> {
+    for (id, netns) in added {
+        super::lash_node::del(sb, id, netns)?;
+    }
+    super::lash_node::check_clean(sb)
 }
 
 /// Starts iperf3 and qperf servers in pod 2 (pinned to the server CPU).

@@ -196,6 +196,21 @@ fn not_measured(row: &Value) -> Option<String> {
     row["error"].as_str().map(|e| format!("failed: {e}"))
 }
 
+/// A goal's mark, from the measured numbers (None: a side was not measured).
+fn mark(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "**met**",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+/// The row of `arm` (and `mode`, when given) with a number at `key`.
+fn find<'a>(rows: &'a [Value], arm: &str, mode: Option<&str>) -> Option<&'a Value> {
+    rows.iter()
+        .find(|r| r["arm"] == arm && mode.is_none_or(|m| r["mode"] == m))
+}
+
 fn ratio(v: &Value) -> String {
     v.as_f64()
         .map(|x| format!("{x:.2}×"))
@@ -238,8 +253,34 @@ fn pod_net(md: &mut String, r: &Results, head: &Value) {
     }
     let _ = writeln!(
         md,
-        "\nGoal (issue 7): pod-lash at least 1.15× pod-calico's Gbit/s and at most 0.6× its latency. tcp_lat is one-way (half a round trip); \"2 CPUs\": client on CPU 0 and servers on CPU 1, so each message also pays a cross-CPU wakeup; \"one CPU\": both on CPU 1."
+        "\nGoals (issue 7), pod-lash against pod-calico: tcp_lat is one-way (half a round trip); \"2 CPUs\": client on CPU 0 and servers on CPU 1, so each message also pays a cross-CPU wakeup; \"one CPU\": both on CPU 1.\n"
     );
+    let lash = find(&r.pod_net, "pod-lash", None);
+    let vs = |key: &str| lash.and_then(|l| l[format!("{key}_vs_calico")].as_f64());
+    for (what, key, met) in [
+        (
+            "throughput at least 1.15×",
+            "gbit_s",
+            vs("gbit_s").map(|x| x >= 1.15),
+        ),
+        (
+            "latency (2 CPUs) at most 0.6×",
+            "lat_us",
+            vs("lat_us").map(|x| x <= 0.6),
+        ),
+        (
+            "latency (one CPU) at most 0.6×",
+            "lat_one_cpu_us",
+            vs("lat_one_cpu_us").map(|x| x <= 0.6),
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "- {what} pod-calico's: {} ({})",
+            ratio(&json!(vs(key))),
+            mark(met)
+        );
+    }
 }
 
 fn cni(md: &mut String, r: &Results, head: &Value) {
@@ -272,8 +313,20 @@ fn cni(md: &mut String, r: &Results, head: &Value) {
     }
     let _ = writeln!(
         md,
-        "\nGoal (issue 7): cni-lash ADD p50 at most 10 ms and below cni-bridge's."
+        "\nGoal (issue 7): cni-lash ADD p50 at most 10 ms and below cni-bridge's.\n"
     );
+    for mode in ["sequential", "parallel"] {
+        let p50 = |arm| find(&r.cni, arm, Some(mode)).and_then(|row| row["add_p50_ms"].as_f64());
+        let (lash, bridge) = (p50("cni-lash"), p50("cni-bridge"));
+        let _ = writeln!(
+            md,
+            "- {mode}: cni-lash ADD p50 {} ms; at most 10 ms: {}; below cni-bridge's {} ms: {}",
+            num(&json!(lash), 2),
+            mark(lash.map(|x| x <= 10.0)),
+            num(&json!(bridge), 2),
+            mark(lash.zip(bridge).map(|(l, b)| l < b)),
+        );
+    }
 }
 
 pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
@@ -315,30 +368,45 @@ fn packet(md: &mut String, r: &Results, head: &Value) {
     );
     let _ = writeln!(
         md,
-        "| program | packet | samples | verdict | ns/packet (median) | min–max |"
+        "| program | packet | samples | verdict | ns/packet (median) | min–max | ns over pass-through |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
     for row in &r.packet {
         let program = row["program"].as_str().unwrap_or("");
         if let Some(why) = not_measured(row) {
-            let _ = writeln!(md, "| {program} | {why} | | | | |");
+            let packet = row["packet"].as_str().unwrap_or("");
+            let _ = writeln!(md, "| {program} | {packet} | {why} | | | | |");
             continue;
         }
         let _ = writeln!(
             md,
-            "| {program} | {} | {} | {} | {} | {}–{} |",
+            "| {program} | {} | {} | {} | {} | {}–{} | {} |",
             row["packet"].as_str().unwrap_or(""),
             row["samples"],
             row["verdict"],
             num(&row["ns_per_packet"], 1),
             num(&row["ns_min"], 1),
             num(&row["ns_max"], 1),
+            num(&row["ns_over_pass_through"], 1),
         );
     }
     let _ = writeln!(
         md,
-        "\nGoal (issue 7): from_container at most 100 ns per packet over a pass-through tc program."
+        "\nGoal (issue 7): from_container at most 100 ns per packet over a pass-through tc program.\n"
     );
+    for packet in ["local delivery", "service"] {
+        let over = r
+            .packet
+            .iter()
+            .find(|row| row["program"] == "from_container" && row["packet"] == packet)
+            .and_then(|row| row["ns_over_pass_through"].as_f64());
+        let _ = writeln!(
+            md,
+            "- {packet}: {} ns over ({})",
+            num(&json!(over), 1),
+            mark(over.map(|x| x <= 100.0))
+        );
+    }
 }
 
 fn clusterip(md: &mut String, r: &Results, head: &Value) {
