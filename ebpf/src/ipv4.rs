@@ -192,12 +192,24 @@ pub fn set_port(ctx: &TcContext, p: &mut Packet, end: End, new: u16) -> Result<(
 #[inline(always)]
 pub fn dec_ttl(ctx: &TcContext, p: &mut Packet) -> Result<(), i32> {
     let werr = |_| DROP_WRITE_ERROR as i32;
-    let old = u16::from_ne_bytes([p.ttl, p.proto]);
     let ttl = p.ttl - 1;
-    let new = u16::from_ne_bytes([ttl, p.proto]);
-    ctx.l3_csum_replace(IP_CSUM, u64::from(old), u64::from(new), 2)
+    // TTL, protocol and header checksum are four adjacent bytes: the new
+    // checksum is worked out here (RFC 1624's incremental update, on the
+    // 16-bit word TTL and protocol share) and the four go back in one
+    // store. (Through bpf_l3_csum_replace plus a one-byte store, pod-to-pod
+    // TCP throughput measured about half of this; why is not known yet.)
+    let csum = ctx
+        .load::<[u8; 2]>(IP_CSUM)
+        .map(u16::from_be_bytes)
         .map_err(werr)?;
-    ctx.store(IP_TTL, &ttl, 0).map_err(werr)?;
+    let old_word = u32::from(u16::from_be_bytes([p.ttl, p.proto]));
+    let new_word = u32::from(u16::from_be_bytes([ttl, p.proto]));
+    let mut sum = u32::from(!csum) + (!old_word & 0xffff) + new_word;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let new_csum = !(sum as u16);
+    let [c0, c1] = new_csum.to_be_bytes();
+    ctx.store(IP_TTL, &[ttl, p.proto, c0, c1], 0).map_err(werr)?;
     p.ttl = ttl;
     Ok(())
 }
