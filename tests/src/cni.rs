@@ -147,3 +147,13 @@ impl CniRun {
         );
     }
 }
+
+/// Cilium's host-side name, as lash-cni gives it: "lxc" and the first 12
+/// hex digits of sha256("<container id>:<ifname>"), written here from the
+/// definition (not through the plugin's code) so a test can catch a change.
+pub fn lxc_name(container: &str, ifname: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{container}:{ifname}"));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("lxc{}", &hex[..12])
+}

@@ -75,6 +75,18 @@ pub fn ip(args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").args(args))
 }
 
+/// `ip -j -n NS ARGS`, parsed (an empty answer is an empty list). Panics on
+/// failure, as `bpftool` does: test support.
+pub fn ip_json(ns: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["-j", "-n", ns];
+    all.extend_from_slice(args);
+    let out = ip(&all).unwrap_or_else(|e| panic!("{e:#}"));
+    if out.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip {all:?} gave {out:?}: {e}"))
+}
+
 /// `bpftool -j ARGS`, parsed; an empty answer (an update, a cgroup with
 /// nothing attached) is Null. Panics with bpftool's message on failure: this
 /// is test support, and the test should stop there.

@@ -13,9 +13,11 @@ use lash_api::{
     v1::{GetEndpointRequest, ListEndpointsRequest, StatusRequest},
     Attachment,
 };
-use lash_tests::{cni::CniRun, sandbox::Sandbox};
+use lash_tests::{
+    cni::{lxc_name, CniRun},
+    sandbox::{ip_json, Sandbox},
+};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// The programs the agent attaches to every lxc, as `Endpoint.programs`
 /// names them.
@@ -23,14 +25,6 @@ const PROGRAMS: [&str; 2] = ["ingress:from_container", "egress:to_container"];
 
 fn id(i: usize) -> String {
     format!("{i:064x}")
-}
-
-/// Cilium's host-side name: "lxc" and the first 12 hex digits of
-/// sha256("<container id>:<ifname>").
-fn lxc_name(container: &str, ifname: &str) -> String {
-    let digest = Sha256::digest(format!("{container}:{ifname}"));
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("lxc{}", &hex[..12])
 }
 
 fn ip(args: &[&str]) -> String {
@@ -41,17 +35,6 @@ fn ip(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// `ip -j -n NS ARGS`, parsed (an empty answer is an empty list).
-fn ip_json(ns: &str, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["-j", "-n", ns];
-    all.extend_from_slice(args);
-    let out = ip(&all);
-    if out.trim().is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip {all:?} gave {out:?}: {e}"))
 }
 
 /// The link `name` in `ns`, if there.

@@ -133,31 +133,43 @@ fn not_found(e: &LinkError) -> bool {
 /// to an interface that no longer exists.
 pub fn attach(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), LinkErr> {
     detach(bpf_root, ifname)?;
-    std::fs::create_dir_all(endpoints_dir(bpf_root).join(ifname)).map_err(|e| LinkErr::Pin {
-        hook: "ingress",
-        ifname: ifname.into(),
-        path: endpoints_dir(bpf_root).join(ifname),
-        source: Box::new(e),
-    })?;
     for (name, hook) in LXC_PROGRAMS {
-        let prog = program(ebpf, name)?;
-        let attach_err = |source| LinkErr::Attach {
-            name,
-            hook: hook.as_str(),
-            ifname: ifname.into(),
-            source: Box::new(source),
-        };
-        let id = prog
-            .attach_with_options(
-                ifname,
-                hook.tc(),
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        pin(link, bpf_root, ifname, hook)?;
+        attach_one(ebpf, bpf_root, ifname, name, hook)?;
     }
     Ok(())
+}
+
+/// A new tcx link of program `name` on `hook` of `ifname`, pinned.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    bpf_root: &Path,
+    ifname: &str,
+    name: &'static str,
+    hook: Hook,
+) -> Result<(), LinkErr> {
+    let dir = endpoints_dir(bpf_root).join(ifname);
+    std::fs::create_dir_all(&dir).map_err(|e| LinkErr::Pin {
+        hook: hook.as_str(),
+        ifname: ifname.into(),
+        path: dir.clone(),
+        source: Box::new(e),
+    })?;
+    let prog = program(ebpf, name)?;
+    let attach_err = |source| LinkErr::Attach {
+        name,
+        hook: hook.as_str(),
+        ifname: ifname.into(),
+        source: Box::new(source),
+    };
+    let id = prog
+        .attach_with_options(
+            ifname,
+            hook.tc(),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(attach_err)?;
+    let link = prog.take_link(id).map_err(attach_err)?;
+    pin(link, bpf_root, ifname, hook)
 }
 
 fn pin(
@@ -184,15 +196,15 @@ fn pin(
 pub fn take_over(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), LinkErr> {
     for (name, hook) in LXC_PROGRAMS {
         let path = pin_path(bpf_root, ifname, hook);
-        let prog = program(ebpf, name)?;
-        let attach_err = |source| LinkErr::Attach {
-            name,
-            hook: hook.as_str(),
-            ifname: ifname.into(),
-            source: Box::new(source),
-        };
         match PinnedLink::from_pin(&path) {
             Ok(old) => {
+                let prog = program(ebpf, name)?;
+                let attach_err = |source| LinkErr::Attach {
+                    name,
+                    hook: hook.as_str(),
+                    ifname: ifname.into(),
+                    source: Box::new(source),
+                };
                 let link =
                     SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| LinkErr::Pin {
                         hook: hook.as_str(),
@@ -204,25 +216,7 @@ pub fn take_over(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), L
                 // The pin keeps the link; our handle may go.
                 drop(prog.take_link(id).map_err(attach_err)?);
             }
-            Err(e) if not_found(&e) => {
-                let id = prog
-                    .attach_with_options(
-                        ifname,
-                        hook.tc(),
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(attach_err)?;
-                let link = prog.take_link(id).map_err(attach_err)?;
-                std::fs::create_dir_all(endpoints_dir(bpf_root).join(ifname)).map_err(|e| {
-                    LinkErr::Pin {
-                        hook: hook.as_str(),
-                        ifname: ifname.into(),
-                        path: path.clone(),
-                        source: Box::new(e),
-                    }
-                })?;
-                pin(link, bpf_root, ifname, hook)?;
-            }
+            Err(e) if not_found(&e) => attach_one(ebpf, bpf_root, ifname, name, hook)?,
             Err(e) => {
                 return Err(LinkErr::Pin {
                     hook: hook.as_str(),

@@ -137,6 +137,13 @@ fn attachment(a: Option<Attachment>) -> Result<Attachment, Status> {
     Ok(a)
 }
 
+/// The owner keys of a GC's `keep` list, each attachment checked.
+fn owners(keep: Vec<Attachment>) -> Result<HashSet<String>, Status> {
+    keep.into_iter()
+        .map(|a| attachment(Some(a)).map(|a| a.owner()))
+        .collect()
+}
+
 #[tonic::async_trait]
 impl Cni for CniApi {
     async fn allocate_address(
@@ -169,12 +176,7 @@ impl Cni for CniApi {
         &self,
         req: Request<RetainAddressesRequest>,
     ) -> Result<Response<RetainAddressesReply>, Status> {
-        let keep: HashSet<String> = req
-            .into_inner()
-            .keep
-            .into_iter()
-            .map(|a| attachment(Some(a)).map(|a| a.owner()))
-            .collect::<Result<_, _>>()?;
+        let keep = owners(req.into_inner().keep)?;
         let freed = self.with_ipam(move |ipam| ipam.retain(&keep)).await?;
         let released = freed
             .into_iter()
@@ -259,12 +261,7 @@ impl Cni for CniApi {
         &self,
         req: Request<RetainEndpointsRequest>,
     ) -> Result<Response<RetainEndpointsReply>, Status> {
-        let keep: HashSet<String> = req
-            .into_inner()
-            .keep
-            .into_iter()
-            .map(|a| attachment(Some(a)).map(|a| a.owner()))
-            .collect::<Result<_, _>>()?;
+        let keep = owners(req.into_inner().keep)?;
         let deleted = self.with_endpoints(move |m| m.retain(&keep)).await?;
         Ok(Response::new(RetainEndpointsReply {
             deleted: deleted.iter().map(messages::message).collect(),
