@@ -82,7 +82,7 @@ pub struct CtEntry {
     pub backend_id: u64,
     pub packets: u64,
     pub bytes: u64,
-    /// Monotonic seconds (bpf_ktime_get_ns / 1e9) at which the entry expires.
+    /// Monotonic seconds (bpf_ktime_get_coarse_ns / 1e9) at which the entry expires.
     pub lifetime: u32,
     /// `CT_F_*`.
     pub flags: u16,

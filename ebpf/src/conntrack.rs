@@ -4,7 +4,7 @@
 //! its addresses as they are, its four port bytes as they are (so the `dport`
 //! field holds the source port), and a direction flag.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMap};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap};
 use lash_common::{
     ct::{
         CtEntry, Ipv4CtTuple, CT_F_RX_CLOSING, CT_F_SEEN_NON_SYN, CT_F_TX_CLOSING,
@@ -77,8 +77,14 @@ pub fn reply_tuple(p: &Packet) -> Ipv4CtTuple {
 #[inline(always)]
 pub fn lookup(p: &Packet, forward: bool) -> Ct {
     let m = map(p);
-    if let Some(e) = m.get_ptr_mut(&reply_tuple(p)) {
-        return Ct::Reply(e);
+    // A bare SYN opens a connection: it is never a reply, and skipping that
+    // lookup is a third of a new flow's conntrack cost. (A simultaneous open,
+    // where both ends send one, then has an entry per direction: harmless.)
+    let opening = p.is_tcp() && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if !opening {
+        if let Some(e) = m.get_ptr_mut(&reply_tuple(p)) {
+            return Ct::Reply(e);
+        }
     }
     if forward {
         if let Some(e) = m.get_ptr_mut(&tuple(p, TUPLE_F_OUT)) {
@@ -88,11 +94,14 @@ pub fn lookup(p: &Packet, forward: bool) -> Ct {
     Ct::New
 }
 
-/// Monotonic seconds, the clock of `CtEntry::lifetime`.
+/// Monotonic seconds, the clock of `CtEntry::lifetime`. The coarse clock
+/// (CLOCK_MONOTONIC_COARSE: the same time base, advanced once a tick) is
+/// plenty for lifetimes in seconds, and cheaper per packet than the precise
+/// one.
 #[inline(always)]
 pub fn now() -> u32 {
     // SAFETY: a helper without arguments.
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
 /// Counts `p` on entry `e` and sets its flags and expiry, Cilium's way: a TCP

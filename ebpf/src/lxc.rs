@@ -42,8 +42,7 @@ use crate::{
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    // The EtherType, at offset 12 of the Ethernet header.
-    let Ok(proto) = ctx.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+    let Some(proto) = ipv4::ethertype(&ctx) else {
         metrics::count(DROP_INVALID, METRIC_EGRESS, ctx.len());
         return TC_ACT_SHOT as i32;
     };
@@ -73,7 +72,17 @@ fn try_from_container(ctx: &TcContext, proto: u16) -> Result<i32, i32> {
     let src = source_endpoint(ctx, &p)?;
     let now = conntrack::now();
 
-    let rev_nat_index = nat::xlate_to_backend(ctx, &mut p, now)?;
+    // A pod's address is never a service frontend (those are VIPs, node
+    // addresses and external IPs): traffic to a local pod skips the service
+    // lookup, and the lookup of its endpoint is made once, here.
+    let mut dst = local_pod(p.daddr);
+    let mut rev_nat_index = 0;
+    if dst.is_none() {
+        rev_nat_index = nat::xlate_to_backend(ctx, &mut p, now)?;
+        if rev_nat_index != 0 {
+            dst = local_pod(p.daddr);
+        }
+    }
     match conntrack::lookup(&p, true) {
         Ct::Reply(e) => {
             conntrack::refresh(e, &p, Dir::Reply, now);
@@ -90,14 +99,27 @@ fn try_from_container(ctx: &TcContext, proto: u16) -> Result<i32, i32> {
         }
     }
 
-    // Kept for policy, which will decide on it; a miss is the world.
-    let _dst_identity = ipcache::identity(p.daddr);
-
-    // SAFETY: the value is copied out at once.
-    match unsafe { LXC.get(&EndpointKey::v4(p.daddr)) }.copied() {
-        Some(dst) if dst.flags & ENDPOINT_F_HOST == 0 => deliver_local(ctx, &mut p, &dst),
+    match dst {
+        // Its identity (for policy, to come) is in its endpoint entry.
+        Some(dst) => deliver_local(ctx, &mut p, &dst),
         // The node itself, other nodes, the world: the host stack routes it.
-        _ => Ok(TC_ACT_OK as i32),
+        // The identity is kept for policy, which will decide on it; an
+        // ipcache miss is the world.
+        None => {
+            let _dst_identity = ipcache::identity(p.daddr);
+            Ok(TC_ACT_OK as i32)
+        }
+    }
+}
+
+/// The endpoint of the pod on this node with address `addr`, if any (the
+/// node's own addresses are host entries, not pods).
+#[inline(always)]
+fn local_pod(addr: u32) -> Option<EndpointInfo> {
+    // SAFETY: the value is copied out at once.
+    match unsafe { LXC.get(&EndpointKey::v4(addr)) } {
+        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => Some(*ep),
+        _ => None,
     }
 }
 
@@ -154,7 +176,7 @@ pub fn to_container(ctx: TcContext) -> i32 {
 /// The verdict for a frame the host stack delivers into the pod.
 #[inline(always)]
 fn try_to_container(ctx: &TcContext) -> Result<i32, i32> {
-    let Ok(proto) = ctx.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+    let Some(proto) = ipv4::ethertype(ctx) else {
         return Err(DROP_INVALID as i32);
     };
     if proto != ETH_P_IP {

@@ -35,6 +35,7 @@ pub struct PinDir {
 
 impl PinDir {
     pub fn new(tag: &str) -> anyhow::Result<Self> {
+        mount_bpffs()?;
         let path = Path::new("/sys/fs/bpf").join(format!("lash-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(PinDir { path })
@@ -45,4 +46,35 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Mounts the bpffs at /sys/fs/bpf if nothing is there yet, as the agent
+/// does at start: a fresh machine may have none, and a test that loads
+/// programs itself may be the first to need it.
+fn mount_bpffs() -> anyhow::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let target = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
+    // SAFETY: statfs fills the struct we own; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(target.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mounting a bpffs at /sys/fs/bpf: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }

@@ -98,7 +98,8 @@ pub fn decode(k: &Ipv4CtTuple, v: &CtEntry) -> CtRow {
 }
 
 /// Seconds on the clock the programs stamp lifetimes with
-/// (bpf_ktime_get_ns: CLOCK_MONOTONIC).
+/// (bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC_COARSE, the same time base as
+/// CLOCK_MONOTONIC, at most a tick behind it).
 pub fn monotonic_now() -> u32 {
     let mut ts = libc::timespec {
         tv_sec: 0,

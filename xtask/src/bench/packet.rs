@@ -12,8 +12,10 @@
 //! the kernel's timer reads; the pass-through measured the same way carries
 //! the same, and the difference to it is the figure the goal is about.
 //!
-//! Two frames a pod sends: a TCP SYN to another local pod (local delivery)
-//! and one to a ClusterIP (the service path), with the pods in `lxc` and the
+//! Four frames a pod sends: a TCP SYN to another local pod (local delivery)
+//! and one to a ClusterIP (the service path), and an ACK of each of those
+//! flows (a packet in the middle of a connection, which conntrack looks up
+//! as a possible reply first, as SYNs are not), with the pods in `lxc` and the
 //! Service in the lb4 maps as the agent writes them. The goal is at
 //! most 100 ns over a pass-through tc program: `tc_pass` of the floor object
 //! (ebpf/src/floor.rs, returns TC_ACT_OK and nothing else) runs on the same
@@ -96,8 +98,13 @@ pub fn run(plan: &Plan, object: &[u8], floor_object: &[u8]) -> anyhow::Result<Ve
             let pass: &SchedClassifier = pass;
             let progs = [from_container, pass];
             let frames = [
-                ("local delivery", tcp_syn(POD1, POD2, POD_PORT)),
-                ("service", tcp_syn(POD1, VIP, VIP_PORT)),
+                ("local delivery", tcp_frame(POD1, POD2, POD_PORT, TCP_SYN)),
+                ("service", tcp_frame(POD1, VIP, VIP_PORT, TCP_SYN)),
+                (
+                    "local delivery, mid-flow",
+                    tcp_frame(POD1, POD2, POD_PORT, TCP_ACK),
+                ),
+                ("service, mid-flow", tcp_frame(POD1, VIP, VIP_PORT, TCP_ACK)),
             ];
             // Every (program, frame) pair, program-major as the rows go.
             let pairs: Vec<(usize, usize)> = (0..progs.len())
@@ -274,9 +281,12 @@ fn load(object: &[u8], pins: &Path, lxc1: u32) -> anyhow::Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// An Ethernet frame from pod 1 to its lxc: IPv4 + TCP SYN to `dst:port`,
-/// checksums right (the datapath may check or update them).
-fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// An Ethernet frame from pod 1 to its lxc: IPv4 + TCP with `flags` to
+/// `dst:port`, checksums right (the datapath may check or update them).
+fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, port: u16, flags: u8) -> Vec<u8> {
     let mut f = Vec::with_capacity(54);
     f.extend_from_slice(&LXC1_MAC);
     f.extend_from_slice(&POD1_MAC);
@@ -297,7 +307,7 @@ fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
     tcp[2..4].copy_from_slice(&port.to_be_bytes());
     tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
     tcp[12] = 5 << 4;
-    tcp[13] = 0x02; // SYN
+    tcp[13] = flags;
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
     // The pseudo-header: addresses, protocol, TCP length.
     let mut pseudo = 0u32;
@@ -328,7 +338,7 @@ mod tests {
 
     #[test]
     fn frame_checksums_verify() {
-        let f = tcp_syn(POD1, VIP, VIP_PORT);
+        let f = tcp_frame(POD1, VIP, VIP_PORT, TCP_SYN);
         assert_eq!(f.len(), 54);
         // A header with its checksum in sums to 0xffff, i.e. checksum 0.
         assert_eq!(checksum(&f[14..34], 0), 0);

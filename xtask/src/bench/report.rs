@@ -394,7 +394,12 @@ fn packet(md: &mut String, r: &Results, head: &Value) {
         md,
         "\nGoal (issue 7): from_container at most 100 ns per packet over a pass-through tc program.\n"
     );
-    for packet in ["local delivery", "service"] {
+    for packet in [
+        "local delivery",
+        "service",
+        "local delivery, mid-flow",
+        "service, mid-flow",
+    ] {
         let over = r
             .packet
             .iter()
