@@ -22,6 +22,8 @@ use crate::{
 pub struct SourceState {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// The Kubernetes API's health, when that is the source.
+    pub api: Option<crate::state::ApiHealth>,
 }
 
 pub enum Command {
@@ -41,6 +43,9 @@ pub enum Command {
         since: Instant,
         done: Option<oneshot::Sender<Outcome>>,
     },
+    /// No change to the maps: only the source's own state moved (its API
+    /// went down or came back, a list is still under way).
+    Status { source: SourceState },
 }
 
 /// What the owner tells a source after a command.
@@ -64,6 +69,8 @@ pub struct Snapshot {
     /// Source errors plus the programming errors still standing.
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// The Kubernetes API's health, when that is the source.
+    pub api: Option<crate::state::ApiHealth>,
 }
 
 /// The owner thread's handle: send commands here.
@@ -93,6 +100,18 @@ where
             while let Some(cmd) = rx.blocking_recv() {
                 let started = Instant::now();
                 let (full, report, source, since, done) = match cmd {
+                    Command::Status { source } => {
+                        // Not a sync: the maps and the sync counters stay.
+                        let mut errors = source.errors;
+                        errors.extend(standing.iter().cloned());
+                        errors.sort();
+                        errors.dedup();
+                        snap.errors = errors;
+                        snap.warnings = source.warnings;
+                        snap.api = source.api;
+                        publish(&snap);
+                        continue;
+                    }
                     Command::Apply {
                         changes,
                         source,
@@ -140,6 +159,7 @@ where
                 snap.backends = reconciler.programmed().backends.len();
                 snap.errors = errors;
                 snap.warnings = source.warnings;
+                snap.api = source.api;
                 publish(&snap);
                 if let Some(done) = done {
                     let _ = done.send(Outcome {

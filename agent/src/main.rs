@@ -88,8 +88,16 @@ enum Cmd {
 #[derive(Args)]
 struct RunArgs {
     /// Directory of Service and EndpointSlice manifests (standalone mode).
+    #[arg(long, required_unless_present_any = ["kubeconfig", "k8s"], conflicts_with_all = ["kubeconfig", "k8s"])]
+    manifests: Option<PathBuf>,
+    /// Watch Services and EndpointSlices on the API server this kubeconfig
+    /// names, instead of a manifest directory.
+    #[arg(long, conflicts_with = "k8s")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch the Kubernetes API with the pod's service account (in-cluster;
+    /// outside a pod, KUBECONFIG or ~/.kube/config).
     #[arg(long)]
-    manifests: PathBuf,
+    k8s: bool,
     /// cgroup v2 to attach the socket programs to.
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -234,8 +242,14 @@ fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
+            let source = match args.manifests {
+                Some(dir) => run::SourceChoice::Manifests(dir),
+                None => run::SourceChoice::Kubernetes {
+                    kubeconfig: args.kubeconfig,
+                },
+            };
             let cfg = run::RunConfig {
-                manifests: args.manifests,
+                source,
                 bpf_root: cli.bpf_root,
                 cgroup: args.cgroup.unwrap_or_else(default_cgroup),
                 state_dir: cli.state_dir,

@@ -13,6 +13,7 @@ use crate::{
     datapath,
     endpoints::Manager,
     ipam::{Ipam, Ipv4Cidr},
+    k8s::api_watch,
     lb::{Programmed, Reconciler},
     loader::{self, MapSizes},
     lock,
@@ -23,6 +24,7 @@ use crate::{
     node,
     sources::{
         cni_api::{self, CniApi},
+        kube_api::KubeSource,
         manifest_dir::ManifestSource,
     },
     state::{self, AgentStatus},
@@ -31,8 +33,17 @@ use crate::{
 /// How long calls in flight on the CNI API may take to finish at shutdown.
 const API_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// Where Services and EndpointSlices come from.
+pub enum SourceChoice {
+    Manifests(PathBuf),
+    /// The API server of this kubeconfig, or in-cluster without one.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
 pub struct RunConfig {
-    pub manifests: PathBuf,
+    pub source: SourceChoice,
     pub bpf_root: PathBuf,
     pub cgroup: PathBuf,
     pub state_dir: PathBuf,
@@ -143,7 +154,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         pid: std::process::id(),
         bpf_root: cfg.bpf_root.clone(),
         cgroup: cfg.cgroup.clone(),
-        manifests: cfg.manifests.clone(),
+        manifests: match &cfg.source {
+            SourceChoice::Manifests(dir) => dir.clone(),
+            SourceChoice::Kubernetes { .. } => PathBuf::new(),
+        },
         ipam: ipam.as_ref().map(|i| i.usage()),
         endpoints: Some(
             endpoints
@@ -167,6 +181,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             status.backends = snap.backends;
             status.errors = snap.errors.clone();
             status.warnings = snap.warnings.clone();
+            status.kubernetes = snap.api.clone();
             if let Err(e) = state::write_status(&state_dir, &status) {
                 warn!("writing status to {}: {e}", state_dir.display());
             }
@@ -201,13 +216,32 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let ct_gc = tokio::spawn(sweep_conntrack(cfg.bpf_root.clone(), cfg.ct_gc_interval));
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
-    let source =
-        tokio::spawn(ManifestSource::new(cfg.manifests.clone()).run(tx, cfg.resync, stop_rx));
+    let source = match &cfg.source {
+        SourceChoice::Manifests(dir) => {
+            let s = ManifestSource::new(dir.clone());
+            let resync = cfg.resync;
+            tokio::spawn(async move {
+                s.run(tx, resync, stop_rx)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        SourceChoice::Kubernetes { kubeconfig } => {
+            let (client, server) = api_watch::client(kubeconfig.as_deref()).await?;
+            let s = KubeSource::new(client, server);
+            let resync = cfg.resync;
+            tokio::spawn(async move {
+                s.run(tx, resync, stop_rx)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut source = std::pin::pin!(source);
     let mut api_task = std::pin::pin!(api_task);
     let result = tokio::select! {
-        r = &mut source => r?.map_err(anyhow::Error::from),
+        r = &mut source => r?,
         r = &mut api_task => r?.map_err(anyhow::Error::from),
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = sigterm.recv() => Ok(()),

@@ -40,6 +40,29 @@ pub struct AgentStatus {
     /// Endpoints and the lxc program links pinned for them.
     #[serde(default)]
     pub endpoints: Option<crate::endpoints::Summary>,
+    /// The Kubernetes API, when the agent watches one.
+    #[serde(default)]
+    pub kubernetes: Option<ApiHealth>,
+}
+
+/// How the agent's view of the Kubernetes API stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiHealth {
+    /// The API server, as the client was configured.
+    pub server: String,
+    /// Every watched kind has been listed in full once: until then nothing
+    /// is removed from the datapath.
+    pub synced: bool,
+    /// Seconds since the epoch since which the API cannot be reached; None
+    /// while it can. The datapath keeps its last programming meanwhile.
+    pub down_since_unix: Option<f64>,
+    /// The last error talking to the API.
+    pub last_error: Option<String>,
+    /// Objects known, by resource.
+    pub services: usize,
+    pub endpoint_slices: usize,
+    /// Full lists done (the first, then one per 410 or reconnect that needed it).
+    pub lists: u64,
 }
 
 pub fn status_path(state_dir: &Path) -> PathBuf {

@@ -23,6 +23,8 @@ pub struct Status {
     pub ipam: Option<ipam::Usage>,
     /// Endpoints and their pinned program links, as the agent last reported.
     pub endpoints: Option<endpoints::Summary>,
+    /// The Kubernetes API, when the agent watches one.
+    pub kubernetes: Option<state::ApiHealth>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,8 +64,37 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
         errors: st.as_ref().map(|s| s.errors.clone()).unwrap_or_default(),
         warnings: st.as_ref().map(|s| s.warnings.clone()).unwrap_or_default(),
         endpoints: st.as_ref().and_then(|s| s.endpoints),
+        kubernetes: st.as_ref().and_then(|s| s.kubernetes.clone()),
         ipam: st.and_then(|s| s.ipam),
     }
+}
+
+/// The API's state in one line: whether it answers, whether the first lists
+/// are complete, what is known.
+fn kubernetes_line(k: &state::ApiHealth) -> String {
+    let reach = match k.down_since_unix {
+        None => "reachable".to_string(),
+        Some(since) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(since);
+            format!(
+                "UNREACHABLE for {:.0}s (datapath unchanged since): {}",
+                now - since,
+                k.last_error.as_deref().unwrap_or("no answer")
+            )
+        }
+    };
+    let sync = if k.synced {
+        format!(
+            "{} Services, {} EndpointSlices, {} full lists",
+            k.services, k.endpoint_slices, k.lists
+        )
+    } else {
+        "initial lists not complete: nothing programmed or removed yet".to_string()
+    };
+    format!("{} {reach}; {sync}", k.server)
 }
 
 pub fn table(s: &Status) -> String {
@@ -84,6 +115,9 @@ pub fn table(s: &Status) -> String {
         let _ = writeln!(out, "Last sync:  {:.1}s ago ({n} since start)", now - t);
     }
     let _ = writeln!(out, "BPF root:   {}", s.bpf_root);
+    if let Some(k) = &s.kubernetes {
+        let _ = writeln!(out, "Kubernetes: {}", kubernetes_line(k));
+    }
     let hooks = if s.attached_hooks.is_empty() {
         "none".to_string()
     } else {
@@ -154,6 +188,7 @@ mod tests {
             warnings: vec![],
             ipam,
             endpoints: None,
+            kubernetes: None,
         }
     }
 

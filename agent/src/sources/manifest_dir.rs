@@ -67,6 +67,7 @@ impl ManifestSource {
         SourceState {
             errors,
             warnings: self.index.warnings(),
+            api: None,
         }
     }
 

@@ -6,9 +6,12 @@
 //!
 //! - `manifest_dir`: a directory of Service and EndpointSlice manifests
 //!   (standalone mode).
+//! - `kube_api`: the Kubernetes API's Services and EndpointSlices, through
+//!   kube-rs watchers.
 //! - `cni_api`: the local gRPC API lash-cni calls (addresses, endpoints),
 //!   with `cni_messages` between its messages and the agent's types.
 
 pub mod cni_api;
 mod cni_messages;
+pub mod kube_api;
 pub mod manifest_dir;

@@ -1,0 +1,130 @@
+//! The connection to the Kubernetes API: a client (in-cluster or from a
+//! kubeconfig) and one stream of watch events for every kind lash reads,
+//! each through kube-rs's watcher with its backoff (it lists, watches,
+//! resumes from the last resourceVersion, and relists after a 410).
+
+use std::path::{Path, PathBuf};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{watcher, WatchStreamExt},
+    Api, Client,
+};
+use thiserror::Error;
+
+use super::api_picture::Kind;
+
+/// Objects labelled for another proxy are that proxy's, as kube-proxy
+/// leaves them alone; slices of headless Services have nothing to serve.
+/// The same labels kube-proxy's own watches filter on.
+const SERVICE_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
+const SLICE_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("reading the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("configuring the Kubernetes client: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("configuring the Kubernetes client from {path}: {source}")]
+    FromKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("creating the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client for the API server named in `kubeconfig`, or, without one, the
+/// in-cluster service account (then `KUBECONFIG` and ~/.kube/config).
+/// Returns the client and the server's URL, for status.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<(Client, String), ClientError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| ClientError::Kubeconfig {
+                path: path.into(),
+                source,
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| ClientError::FromKubeconfig {
+                    path: path.into(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let server = config.cluster_url.to_string();
+    Ok((Client::try_from(config)?, server))
+}
+
+/// One event from any of the watches.
+pub enum ApiEvent {
+    Service(watcher::Event<Service>),
+    Slice(watcher::Event<EndpointSlice>),
+    /// A watch failed (it retries by itself, with backoff).
+    Error(Kind, String),
+}
+
+impl ApiEvent {
+    /// The end of a full list of some kind.
+    pub fn is_list_done(&self) -> bool {
+        matches!(
+            self,
+            ApiEvent::Service(watcher::Event::InitDone) | ApiEvent::Slice(watcher::Event::InitDone)
+        )
+    }
+
+    /// Whether the event could only have come from an API server that
+    /// answered (a list's start is announced before its request is made).
+    pub fn proves_reachable(&self) -> bool {
+        !matches!(
+            self,
+            ApiEvent::Error(..)
+                | ApiEvent::Service(watcher::Event::Init)
+                | ApiEvent::Slice(watcher::Event::Init)
+        )
+    }
+}
+
+/// Every watched kind's events, merged. The stream never ends on its own:
+/// failures come as `Error` events and the watches retry.
+pub fn watch(client: Client) -> impl Stream<Item = ApiEvent> + Send {
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().labels(SERVICE_SELECTOR),
+    )
+    .default_backoff()
+    .map(|r| match r {
+        Ok(ev) => ApiEvent::Service(ev),
+        Err(e) => ApiEvent::Error(Kind::Service, e.to_string()),
+    });
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default().labels(SLICE_SELECTOR),
+    )
+    .default_backoff()
+    .map(|r| match r {
+        Ok(ev) => ApiEvent::Slice(ev),
+        Err(e) => ApiEvent::Error(Kind::Slice, e.to_string()),
+    });
+    futures::stream::select(services, slices)
+}
+
+/// Whether the API server answers at all (used to notice it is back when no
+/// watch has anything to say).
+pub async fn reachable(client: &Client) -> Result<(), String> {
+    client
+        .apiserver_version()
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
