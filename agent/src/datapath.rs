@@ -22,6 +22,8 @@ use crate::{
 pub struct SourceState {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// Services labelled for another proxy: left alone, listed apart.
+    pub other_proxy: Vec<String>,
     /// The Kubernetes API's health, when that is the source.
     pub api: Option<crate::state::ApiHealth>,
 }
@@ -69,6 +71,7 @@ pub struct Snapshot {
     /// Source errors plus the programming errors still standing.
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    pub other_proxy: Vec<String>,
     /// The Kubernetes API's health, when that is the source.
     pub api: Option<crate::state::ApiHealth>,
 }
@@ -108,6 +111,7 @@ where
                         errors.dedup();
                         snap.errors = errors;
                         snap.warnings = source.warnings;
+                        snap.other_proxy = source.other_proxy;
                         snap.api = source.api;
                         publish(&snap);
                         continue;
@@ -159,6 +163,7 @@ where
                 snap.backends = reconciler.programmed().backends.len();
                 snap.errors = errors;
                 snap.warnings = source.warnings;
+                snap.other_proxy = source.other_proxy;
                 snap.api = source.api;
                 publish(&snap);
                 if let Some(done) = done {
@@ -250,22 +255,24 @@ mod tests {
 
     fn desired(n: u32) -> Vec<DesiredService> {
         (0..n)
-            .map(|i| DesiredService {
-                name: format!("ns/svc-{i}:http"),
-                frontend: L4Addr {
-                    ip: Ipv4Addr::from(0x0a60_0000 + i),
-                    port: 80,
-                    proto: Proto::Tcp,
-                },
-                kind: ServiceKind::ClusterIP,
-                backends: vec![(
+            .map(|i| {
+                DesiredService::plain(
+                    format!("ns/svc-{i}:http"),
                     L4Addr {
-                        ip: Ipv4Addr::from(0x0af4_0000 + i),
-                        port: 8080,
+                        ip: Ipv4Addr::from(0x0a60_0000 + i),
+                        port: 80,
                         proto: Proto::Tcp,
                     },
-                    BackendState::Active,
-                )],
+                    ServiceKind::ClusterIP,
+                    vec![(
+                        L4Addr {
+                            ip: Ipv4Addr::from(0x0af4_0000 + i),
+                            port: 8080,
+                            proto: Proto::Tcp,
+                        },
+                        BackendState::Active,
+                    )],
+                )
             })
             .collect()
     }

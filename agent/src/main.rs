@@ -116,6 +116,20 @@ struct RunArgs {
     /// Seconds between sweeps of expired conntrack entries.
     #[arg(long, default_value_t = 30)]
     ct_gc_interval: u64,
+    /// This node's name as EndpointSlices give it (`nodeName`): endpoints on
+    /// it are the local ones of traffic policies Local. Default: the host
+    /// name.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's zone (`topology.kubernetes.io/zone`), for Services that
+    /// ask for topology (zone hints). Empty: hints are not used.
+    #[arg(long, default_value = "")]
+    zone: String,
+    /// Open node ports only on the node addresses inside these CIDRs
+    /// (comma-separated, kube-proxy's flag); 127.0.0.1 only if one holds it.
+    /// Default: every node address and 127.0.0.1.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<node::node_ports::NodePortCidr>,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +273,9 @@ fn main() -> anyhow::Result<()> {
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 pod_cidr: args.pod_cidr,
                 ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
+                node_name: args.node_name.unwrap_or_else(node::hostname),
+                zone: args.zone,
+                nodeport_cidrs: args.nodeport_addresses,
             };
             // Multi-threaded: sources and the API keep answering while the
             // map owner's thread (datapath.rs) runs a long sync.

@@ -81,19 +81,30 @@ impl BackendState {
     }
 }
 
-/// The kind of frontend, as users know it from `kubectl get svc`.
+/// The kind of frontend, as users know it from `kubectl get svc` and from
+/// Cilium's service listings: one Kubernetes Service gives frontends of
+/// several kinds (a NodePort Service has its ClusterIP and its node ports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
 pub enum ServiceKind {
     #[default]
     ClusterIP,
+    /// A node address (or 127.0.0.1) on the Service's nodePort.
+    NodePort,
+    /// One of `spec.externalIPs` on the service port.
+    ExternalIP,
+    /// One of `status.loadBalancer.ingress` on the service port.
+    LoadBalancer,
 }
 
-impl ServiceKind {
-    pub fn flags(self) -> u8 {
-        match self {
-            ServiceKind::ClusterIP => 0,
-        }
-    }
+/// Whether a traffic policy keeps connections on this node's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
+pub struct TrafficPolicy {
+    /// externalTrafficPolicy=Local: what enters through this frontend from
+    /// outside the cluster goes to this node's endpoints only.
+    pub external_local: bool,
+    /// internalTrafficPolicy=Local: what comes from inside the cluster goes
+    /// to this node's endpoints only.
+    pub internal_local: bool,
 }
 
 /// One frontend the datapath must serve and the backends behind it, in the
@@ -104,10 +115,38 @@ pub struct DesiredService {
     pub name: String,
     pub frontend: L4Addr,
     pub kind: ServiceKind,
+    /// The backends of the frontend's one scope, or, with `internal`, of
+    /// its external scope (traffic from outside the cluster).
     pub backends: Vec<(L4Addr, BackendState)>,
+    /// When the two traffic policies give this frontend different backend
+    /// sets: the internal scope's (traffic from inside the cluster, which is
+    /// all traffic lash's programs see).
+    pub internal: Option<Vec<(L4Addr, BackendState)>>,
+    pub policy: TrafficPolicy,
+    /// ClientIP session affinity: a client keeps its backend for this many
+    /// seconds after its last new connection.
+    pub affinity_timeout: Option<u32>,
 }
 
 impl DesiredService {
+    /// A frontend with one scope, no policy and no affinity.
+    pub fn plain(
+        name: String,
+        frontend: L4Addr,
+        kind: ServiceKind,
+        backends: Vec<(L4Addr, BackendState)>,
+    ) -> Self {
+        DesiredService {
+            name,
+            frontend,
+            kind,
+            backends,
+            internal: None,
+            policy: TrafficPolicy::default(),
+            affinity_timeout: None,
+        }
+    }
+
     /// Whether `self` owns a frontend that `other` claims too: the name that
     /// sorts first wins, so the outcome does not depend on the order in which
     /// objects arrived (a full reconcile and a stream of changes agree).

@@ -13,7 +13,7 @@ use crate::{
     datapath,
     endpoints::Manager,
     ipam::{Ipam, Ipv4Cidr},
-    k8s::api_watch,
+    k8s::{api_watch, node_context::NodeContext},
     lb::{Programmed, Reconciler},
     loader::{self, MapSizes},
     lock,
@@ -54,6 +54,13 @@ pub struct RunConfig {
     pub resync: Duration,
     /// Period of the conntrack expiry sweep.
     pub ct_gc_interval: Duration,
+    /// This node's name (endpoints on it are local) and zone (topology
+    /// hints; empty: none used).
+    pub node_name: String,
+    pub zone: String,
+    /// `--nodeport-addresses`: the node addresses node ports open on (empty:
+    /// all of them, 127.0.0.1 included).
+    pub nodeport_cidrs: Vec<node::node_ports::NodePortCidr>,
 }
 
 /// The endpoint manager, with the node's side of the pod network in place:
@@ -181,6 +188,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             status.backends = snap.backends;
             status.errors = snap.errors.clone();
             status.warnings = snap.warnings.clone();
+            status.other_proxy = snap.other_proxy.clone();
             status.kubernetes = snap.api.clone();
             if let Err(e) = state::write_status(&state_dir, &status) {
                 warn!("writing status to {}: {e}", state_dir.display());
@@ -215,10 +223,27 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     let ct_gc = tokio::spawn(sweep_conntrack(cfg.bpf_root.clone(), cfg.ct_gc_interval));
 
+    // After the host device is up, so its gateway address is one of them.
+    // Read once: an address added later needs a restart to open node ports.
+    let node_ctx = NodeContext {
+        name: cfg.node_name.clone(),
+        zone: cfg.zone.clone(),
+        node_port_addresses: node::node_ports::node_port_addresses(
+            &node::ipv4_addresses().await?,
+            &cfg.nodeport_cidrs,
+        ),
+    };
+    info!(
+        node = %node_ctx.name,
+        zone = %node_ctx.zone,
+        node_port_addresses = ?node_ctx.node_port_addresses,
+        "translating Services for this node"
+    );
+
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let source = match &cfg.source {
         SourceChoice::Manifests(dir) => {
-            let s = ManifestSource::new(dir.clone());
+            let s = ManifestSource::new(dir.clone()).with_node(node_ctx);
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)
@@ -228,7 +253,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         SourceChoice::Kubernetes { kubeconfig } => {
             let (client, server) = api_watch::client(kubeconfig.as_deref()).await?;
-            let s = KubeSource::new(client, server);
+            let s = KubeSource::new(client, server).with_node(node_ctx);
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)

@@ -34,6 +34,10 @@ pub struct AgentStatus {
     /// field. Absent from files of agents that predate it.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Services labelled `service.kubernetes.io/service-proxy-name`: another
+    /// proxy's, neither programmed nor warned about.
+    #[serde(default)]
+    pub other_proxy: Vec<String>,
     /// Pod addresses, when the agent runs with --pod-cidr.
     #[serde(default)]
     pub ipam: Option<crate::ipam::Usage>,

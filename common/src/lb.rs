@@ -6,8 +6,14 @@ use core::mem::size_of;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// `scope` in [`Lb4Key`]: external traffic policy backends.
+/// `scope` in [`Lb4Key`]: the backends of the external traffic policy; the
+/// only scope of a service without [`SVC_FLAG2_TWO_SCOPES`].
 pub const LB_LOOKUP_SCOPE_EXT: u8 = 0;
+/// `scope` in [`Lb4Key`]: the backends of the internal traffic policy, present
+/// only for a service whose slot 0 in the external scope carries
+/// [`SVC_FLAG2_TWO_SCOPES`]. Traffic from inside the cluster (every socket and
+/// pod lash sees) looks here.
+pub const LB_LOOKUP_SCOPE_INT: u8 = 1;
 
 /// Key of lb4_services: one entry per (frontend, slot). Slot 0 is the service
 /// itself; slots 1..=count each name one backend.
@@ -29,7 +35,8 @@ pub struct Lb4Key {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Lb4Service {
-    /// In a backend slot: the backend id. In slot 0: unused (affinity timeout).
+    /// In a backend slot: the backend id. In slot 0: the session-affinity
+    /// timeout in seconds when the service has [`SVC_FLAG_AFFINITY`], else 0.
     pub backend_id: u32,
     /// In slot 0: number of backend slots. Host order.
     pub count: u16,
@@ -49,6 +56,17 @@ pub const SVC_FLAG_AFFINITY: u8 = 1 << 4;
 pub const SVC_FLAG_LOADBALANCER: u8 = 1 << 5;
 pub const SVC_FLAG_ROUTABLE: u8 = 1 << 6;
 pub const SVC_FLAG_SOURCE_RANGE: u8 = 1 << 7;
+
+/// Second service flags byte (`Lb4Service::flags2`), Cilium's bit values.
+pub const SVC_FLAG2_LOCALREDIRECT: u8 = 1 << 0;
+pub const SVC_FLAG2_NAT_46X64: u8 = 1 << 1;
+pub const SVC_FLAG2_L7LOADBALANCER: u8 = 1 << 2;
+pub const SVC_FLAG2_LOOPBACK: u8 = 1 << 3;
+/// internalTrafficPolicy=Local: the internal backends are this node's only.
+pub const SVC_FLAG2_INT_LOCAL_SCOPE: u8 = 1 << 4;
+/// The external and internal policies differ: the internal scope
+/// ([`LB_LOOKUP_SCOPE_INT`]) holds the backends for traffic from inside.
+pub const SVC_FLAG2_TWO_SCOPES: u8 = 1 << 5;
 
 /// Value of lb4_backends, keyed by a host-order `u32` backend id.
 #[repr(C)]
@@ -151,6 +169,41 @@ pub struct Lb4AffinityMatch {
     pub pad: u16,
 }
 
+/// Key of lb4_affinity: one client of one service with session affinity
+/// (Cilium's `lb4_affinity_key`). Socket LB knows the client by its network
+/// namespace's cookie (at connect() the source address is not chosen yet);
+/// the per-packet path by its address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct Lb4AffinityKey {
+    /// With [`AFFINITY_F_NETNS`]: the netns cookie (host order). Without: the
+    /// client's IPv4 address, network order, in the low four bytes in memory
+    /// (the union Cilium has), the other four zero.
+    pub client_id: u64,
+    /// The service's rev-NAT index, network order.
+    pub rev_nat_id: u16,
+    /// [`AFFINITY_F_NETNS`] or 0.
+    pub flags: u8,
+    pub pad1: u8,
+    pub pad2: u32,
+}
+
+/// `Lb4AffinityKey::flags`: `client_id` is a netns cookie.
+pub const AFFINITY_F_NETNS: u8 = 1;
+
+/// Value of lb4_affinity (Cilium's `lb_affinity_val`): the backend a client
+/// got last, and when (monotonic seconds, the conntrack clock). Valid while
+/// `last_used + timeout` has not passed and lb4_affinity_match still has the
+/// backend in the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Lb4AffinityValue {
+    pub last_used: u64,
+    /// Host order.
+    pub backend_id: u32,
+    pub pad: u32,
+}
+
 // The layouts are a contract with bpftool users and with the kernel verifier:
 // a change here must be deliberate.
 const _: () = assert!(size_of::<Lb4Key>() == 12);
@@ -158,6 +211,8 @@ const _: () = assert!(size_of::<Lb4Service>() == 12);
 const _: () = assert!(size_of::<Lb4Backend>() == 12);
 const _: () = assert!(size_of::<Lb4ReverseNat>() == 6);
 const _: () = assert!(size_of::<Lb4AffinityMatch>() == 8);
+const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
+const _: () = assert!(size_of::<Lb4AffinityValue>() == 16);
 const _: () = assert!(size_of::<SockLbEntry>() == 20);
 const _: () = assert!(size_of::<SockLbState>() == 20 * SOCK_LB_ENTRIES + 8);
 
@@ -171,6 +226,8 @@ mod pod {
     unsafe impl aya::Pod for Lb4Backend {}
     unsafe impl aya::Pod for Lb4ReverseNat {}
     unsafe impl aya::Pod for Lb4AffinityMatch {}
+    unsafe impl aya::Pod for Lb4AffinityKey {}
+    unsafe impl aya::Pod for Lb4AffinityValue {}
     unsafe impl aya::Pod for SockLbEntry {}
     unsafe impl aya::Pod for SockLbState {}
 }

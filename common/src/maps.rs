@@ -113,6 +113,17 @@ pub const LB4_AFFINITY_MATCH: MapDef = def::<Lb4AffinityMatch, u8>(
     LB_MAP_MAX_DEFAULT,
     Sizing::LbMapMax,
 );
+/// (client, service) -> the backend it got last and when: ClientIP session
+/// affinity. Written by the programs (Cilium's `lb4_affinity`); an LRU, so
+/// clients of the past make room without the agent's help, and an entry is
+/// honoured only while its backend is still in the service (lb4_affinity_match)
+/// and the service's timeout has not passed.
+pub const LB4_AFFINITY: MapDef = def::<Lb4AffinityKey, Lb4AffinityValue>(
+    "lb4_affinity",
+    MapKind::LruHash,
+    LB_MAP_MAX_DEFAULT,
+    Sizing::LbMapMax,
+);
 
 /// Local address -> endpoint (a pod on this node: ifindex, MACs, id) or the
 /// node's own address (flag host). Sized as Cilium's default.
@@ -140,6 +151,7 @@ pub const ALL: &[MapDef] = &[
     LB4_BACKENDS,
     LB4_REVERSE_NAT,
     LB4_AFFINITY_MATCH,
+    LB4_AFFINITY,
     LB4_SOCK_STATE,
     LB4_SOCK_EVENTS,
     LXC,

@@ -14,7 +14,8 @@ use lash_common::{
     endpoint::{EndpointInfo, EndpointKey, RemoteEndpointInfo},
     maps as def,
     metrics::{MetricsKey, MetricsValue},
-    Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, SockLbState,
+    Lb4AffinityKey, Lb4AffinityMatch, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4ReverseNat,
+    Lb4Service, SockLbState,
 };
 
 /// (frontend, slot) -> service entry or backend id.
@@ -37,6 +38,13 @@ pub static LB4_REVERSE_NAT: HashMap<u16, Lb4ReverseNat> =
 #[map(name = "lb4_affinity_match")]
 pub static LB4_AFFINITY_MATCH: HashMap<Lb4AffinityMatch, u8> =
     HashMap::pinned(def::LB4_AFFINITY_MATCH.max_entries, 0);
+
+/// (client, service) -> the backend it got last and when: session affinity.
+/// Written by the programs, the one service map they write; an LRU, so old
+/// clients make room by themselves.
+#[map(name = "lb4_affinity")]
+pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, Lb4AffinityValue> =
+    LruHashMap::pinned(def::LB4_AFFINITY.max_entries, 0);
 
 /// Local address -> how to deliver to it (pods) or that it is the node's own.
 /// Read by the ARP responder and the IPv4 path; the agent's endpoint writer

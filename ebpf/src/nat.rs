@@ -9,27 +9,26 @@ use lash_common::{ct::TUPLE_F_SERVICE, metrics::DROP_NO_SERVICE, Lb4Backend, Lb4
 use crate::{
     conntrack::{self, Dir},
     ipv4::{self, End, Packet},
-    lb::{backend_id_in_slot, backend_of_service, lookup_backend, lookup_service, random_slot},
+    lb::{affinity_client, backend_of_service, choose, lookup_service},
     maps::LB4_REVERSE_NAT,
 };
 
-/// A backend picked at random among the service's slots.
+/// The backend for a new flow of `p` to `svc`: the client's (by source
+/// address) while its session affinity holds, else a random one.
 #[inline(always)]
-fn pick(frontend: &Lb4Key, svc: &Lb4Service) -> Result<(u32, Lb4Backend), i32> {
-    let no_service = DROP_NO_SERVICE as i32;
-    if svc.count == 0 {
-        return Err(no_service);
-    }
-    let id = backend_id_in_slot(frontend, random_slot(svc.count)).ok_or(no_service)?;
-    let be = lookup_backend(id).ok_or(no_service)?;
-    Ok((id, be))
+fn pick(p: &Packet, frontend: &Lb4Key, svc: &Lb4Service) -> Result<(u32, Lb4Backend), i32> {
+    // The address as it sits in the packet, in the low four bytes: the
+    // layout of Cilium's client-address key.
+    let client = affinity_client(svc, u64::from(p.saddr), false);
+    choose(frontend, svc, client.as_ref()).ok_or(DROP_NO_SERVICE as i32)
 }
 
 /// If `p` is sent to a service frontend, rewrites its destination to the
 /// flow's backend and returns the service's rev-NAT index (network order);
 /// 0 when `p` is not for a service. The backend is remembered in a SERVICE
 /// conntrack entry keyed by the untranslated packet, so every packet of the
-/// flow goes to the same one while it stays in the service. A frontend with
+/// flow goes to the same one while it stays in the service; a service with
+/// session affinity gives a new flow the backend its client had last. A frontend with
 /// no usable backend drops the packet: a VIP never leaves untranslated.
 #[inline(always)]
 pub fn xlate_to_backend(
@@ -53,7 +52,7 @@ pub fn xlate_to_backend(
                 None => {
                     // The remembered backend left the service: the flow
                     // moves on to another one.
-                    let (id, be) = pick(&frontend, &svc)?;
+                    let (id, be) = pick(p, &frontend, &svc)?;
                     // SAFETY: as above.
                     unsafe {
                         (*e).backend_id = u64::from(id);
@@ -66,7 +65,7 @@ pub fn xlate_to_backend(
             be
         }
         None => {
-            let (id, be) = pick(&frontend, &svc)?;
+            let (id, be) = pick(p, &frontend, &svc)?;
             conntrack::create(&key, p, svc.rev_nat_index, id, 0, now)?;
             be
         }

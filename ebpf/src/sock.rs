@@ -8,13 +8,17 @@
 //! Pure IPv6 destinations are left alone.
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr, helpers::bpf_set_retval, macros::cgroup_sock_addr,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_netns_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use lash_common::{Lb4Backend, Lb4Key, Lb4Service, SockLbEntry, IPPROTO_TCP, IPPROTO_UDP};
+use lash_common::{
+    Lb4Backend, Lb4Key, Lb4Service, SockLbEntry, IPPROTO_TCP, IPPROTO_UDP, SVC_FLAG_AFFINITY,
+};
 
 use crate::{
-    lb::{backend_id_in_slot, backend_of_service, lookup_backend, lookup_service, random_slot},
+    lb::{affinity_client, backend_of_service, choose, lookup_service},
     maps::LB4_REVERSE_NAT,
     sock_state,
 };
@@ -183,17 +187,29 @@ fn xlate_fwd<F: Family>(ctx: &SockAddrContext) -> Result<(), i32> {
 /// The backend for this socket, recorded in the socket's state for the reverse
 /// view. A UDP socket keeps the backend it got first for as long as that
 /// backend is one of the service's, wherever its slot moves; a TCP connect
-/// picks at random.
+/// picks at random, or, for a service with session affinity, takes the
+/// backend its network namespace got last while that holds (the source
+/// address is not chosen yet at connect(), so the namespace stands for the
+/// client, as in Cilium).
 #[inline(always)]
 fn choose_backend(
     ctx: &SockAddrContext,
     frontend: &Lb4Key,
     svc: &Lb4Service,
 ) -> Result<Lb4Backend, i32> {
+    let client = if svc.flags & SVC_FLAG_AFFINITY != 0 {
+        // SAFETY: the context the kernel passed; the helper only reads it.
+        let cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+        affinity_client(svc, cookie, true)
+    } else {
+        None
+    };
     let Some(state) = sock_state::get_or_create(ctx) else {
         // Without state the socket still gets a backend; it only loses the
         // reverse view and, for UDP, the stickiness (counted).
-        return pick_random(frontend, svc.count).map(|(_, be)| be);
+        return choose(frontend, svc, client.as_ref())
+            .map(|(_, be)| be)
+            .ok_or(ECONNREFUSED);
     };
     let udp = frontend.proto == IPPROTO_UDP;
     let current = sock_state::find_frontend(state, frontend.address, frontend.dport);
@@ -211,7 +227,7 @@ fn choose_backend(
             }
         }
     }
-    let (id, be) = pick_random(frontend, svc.count)?;
+    let (id, be) = choose(frontend, svc, client.as_ref()).ok_or(ECONNREFUSED)?;
     let entry = SockLbEntry {
         frontend_address: frontend.address,
         frontend_port: frontend.dport,
@@ -223,14 +239,6 @@ fn choose_backend(
     };
     sock_state::record(state, current, entry, udp);
     Ok(be)
-}
-
-/// A random slot's backend id and that backend.
-#[inline(always)]
-fn pick_random(frontend: &Lb4Key, count: u16) -> Result<(u32, Lb4Backend), i32> {
-    let id = backend_id_in_slot(frontend, random_slot(count)).ok_or(ECONNREFUSED)?;
-    let be = lookup_backend(id).ok_or(ECONNREFUSED)?;
-    Ok((id, be))
 }
 
 /// Reverse translation: if this socket was sent to a backend on behalf of a

@@ -18,6 +18,8 @@ pub struct Status {
     pub syncs: Option<u64>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// Services labelled for another proxy (left alone, not warnings).
+    pub other_proxy: Vec<String>,
     /// Pod addresses, as the agent last reported them; `null` when it runs
     /// without --pod-cidr.
     pub ipam: Option<ipam::Usage>,
@@ -63,6 +65,10 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
         syncs: st.as_ref().map(|s| s.syncs),
         errors: st.as_ref().map(|s| s.errors.clone()).unwrap_or_default(),
         warnings: st.as_ref().map(|s| s.warnings.clone()).unwrap_or_default(),
+        other_proxy: st
+            .as_ref()
+            .map(|s| s.other_proxy.clone())
+            .unwrap_or_default(),
         endpoints: st.as_ref().and_then(|s| s.endpoints),
         kubernetes: st.as_ref().and_then(|s| s.kubernetes.clone()),
         ipam: st.and_then(|s| s.ipam),
@@ -168,6 +174,13 @@ pub fn table(s: &Status) -> String {
             let _ = writeln!(out, "  {w}");
         }
     }
+    // Only when there are some: most clusters have none.
+    if !s.other_proxy.is_empty() {
+        let _ = writeln!(out, "Left alone:");
+        for o in &s.other_proxy {
+            let _ = writeln!(out, "  {o}");
+        }
+    }
     out
 }
 
@@ -186,6 +199,7 @@ mod tests {
             syncs: None,
             errors: vec![],
             warnings: vec![],
+            other_proxy: vec![],
             ipam,
             endpoints: None,
             kubernetes: None,

@@ -14,8 +14,10 @@ use std::{
 use super::{
     ignored::{ignored_fields, Ignored},
     manifests::FileChange,
+    node_context::NodeContext,
     translate::{
-        join, service_key, service_ports, slice_facts, slice_service, ServicePort, SliceFacts,
+        join, other_proxy, service_frontends, service_key, slice_facts, slice_service,
+        ServiceFrontends, SliceFacts,
     },
 };
 use crate::model::{Change, DesiredService, L4Addr};
@@ -67,16 +69,20 @@ impl<K: Ord, V> SmallMap<K, V> {
 }
 
 /// What the index keeps of one Service object: its frontends as its spec
-/// gives them (or why it cannot be served) and the fields it sets that lash
-/// does not act on.
+/// gives them (or why it cannot be served), the fields it sets that lash
+/// does not act on, and the proxy it belongs to if not us.
 #[derive(Debug)]
 struct ServiceSpec {
-    ports: Result<Vec<ServicePort>, String>,
+    frontends: Result<ServiceFrontends, String>,
     ignored: Ignored,
+    other_proxy: Option<String>,
 }
 
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
+    /// The node translation runs for (its name, zone and node-port
+    /// addresses).
+    node: NodeContext,
     /// Each Service's spec in compact form, by key; the same Service in two
     /// files is kept per file and the first file wins. Compact forms, not the
     /// objects: the index lives as long as the agent and holds the whole
@@ -95,9 +101,19 @@ pub struct ServiceIndex {
     claims: BTreeMap<L4Addr, SmallMap<String, SvcKey>>,
     /// Frontends with more than one claimant, so `errors` need not scan claims.
     clashes: BTreeSet<L4Addr>,
+    /// Services labelled for another proxy, and which.
+    other_proxy: BTreeMap<SvcKey, String>,
 }
 
 impl ServiceIndex {
+    /// An empty index translating for `node`.
+    pub fn new(node: NodeContext) -> Self {
+        ServiceIndex {
+            node,
+            ..Default::default()
+        }
+    }
+
     /// Takes in changed files; returns the frontend changes they cause.
     pub fn apply_files(&mut self, changes: Vec<FileChange>) -> Vec<Change> {
         let mut affected: BTreeSet<SvcKey> = BTreeSet::new();
@@ -127,8 +143,9 @@ impl ServiceIndex {
                 self.services.entry(key.clone()).or_default().insert(
                     c.path.clone(),
                     ServiceSpec {
-                        ports: service_ports(&svc),
-                        ignored: ignored_fields(&svc),
+                        frontends: service_frontends(&self.node, &svc),
+                        ignored: ignored_fields(&self.node, &svc),
+                        other_proxy: other_proxy(&svc).map(str::to_string),
                     },
                 );
                 affected.insert(key);
@@ -138,7 +155,7 @@ impl ServiceIndex {
                     self.slices
                         .entry(key.clone())
                         .or_default()
-                        .insert((c.path.clone(), i), slice_facts(&slice));
+                        .insert((c.path.clone(), i), slice_facts(&self.node, &slice));
                     affected.insert(key);
                 }
             }
@@ -190,10 +207,15 @@ impl ServiceIndex {
         let Some(by_file) = self.services.get(key) else {
             self.errors.remove(key);
             self.ignored.remove(key);
+            self.other_proxy.remove(key);
             return Vec::new();
         };
         let mut files = by_file.iter();
         let (path, spec) = files.next().expect("entries are removed when empty");
+        match &spec.other_proxy {
+            Some(p) => self.other_proxy.insert(key.clone(), p.clone()),
+            None => self.other_proxy.remove(key),
+        };
         // Warnings hold whether or not the spec translates: the fields are
         // ignored either way.
         if spec.ignored.is_empty() {
@@ -210,9 +232,9 @@ impl ServiceIndex {
             .map(|(p, _)| p.display().to_string())
             .collect::<Vec<_>>();
         match spec
-            .ports
+            .frontends
             .as_ref()
-            .map(|p| join(p, &slices))
+            .map(|f| join(f, &slices))
             .map_err(Clone::clone)
         {
             Ok(v) => {
@@ -275,6 +297,16 @@ impl ServiceIndex {
             .collect();
         out.sort();
         out
+    }
+
+    /// Services left to another proxy (labelled
+    /// `service.kubernetes.io/service-proxy-name`), one line each, sorted:
+    /// neither programmed nor warned about.
+    pub fn other_proxy(&self) -> Vec<String> {
+        self.other_proxy
+            .iter()
+            .map(|((ns, name), proxy)| format!("Service {ns}/{name}: for another proxy ({proxy})"))
+            .collect()
     }
 
     /// Translation errors and frontend clashes, one line each.
@@ -848,9 +880,10 @@ mod tests {
     #[test]
     fn warnings_follow_the_service_as_it_is_edited_and_deleted() {
         let mut dir = Dir::default();
+        // No nodePort written (standalone allocates none), an IPv6 external IP.
         let sticky = web().replace(
             "  clusterIP: 10.96.0.20\n",
-            "  clusterIP: 10.96.0.20\n  sessionAffinity: ClientIP\n  type: NodePort\n",
+            "  clusterIP: 10.96.0.20\n  externalIPs: ['2001:db8::1']\n  type: NodePort\n",
         );
         dir.write(
             "/m/web.yaml",
@@ -863,11 +896,11 @@ mod tests {
         let w = dir.index.warnings();
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
-            w[0].starts_with("Service shop/web: spec.sessionAffinity=ClientIP"),
+            w[0].starts_with("Service shop/web: spec.ipFamilies/clusterIPs/externalIPs: IPv6"),
             "{w:?}"
         );
         assert!(
-            w[1].starts_with("Service shop/web: spec.type=NodePort"),
+            w[1].starts_with("Service shop/web: spec.ports[].nodePort is not set"),
             "{w:?}"
         );
         // Warnings are not errors: the Service is programmed as a ClusterIP.
@@ -878,12 +911,15 @@ mod tests {
         // A second Service with a warning sorts in by name.
         let api = service("shop", "api", "10.96.0.21", &[("", 80, "TCP")]).replace(
             "  clusterIP: 10.96.0.21\n",
-            "  clusterIP: 10.96.0.21\n  internalTrafficPolicy: Local\n",
+            "  clusterIP: 10.96.0.21\n  trafficDistribution: PreferClose\n",
         );
         dir.write("/m/api.yaml", &api);
         let w = dir.index.warnings();
         assert_eq!(w.len(), 3, "{w:?}");
-        assert!(w[0].starts_with("Service shop/api: spec.internalTrafficPolicy=Local"));
+        assert!(
+            w[0].starts_with("Service shop/api: spec.trafficDistribution"),
+            "{w:?}"
+        );
 
         // The field is edited away: its warning goes, the other stays.
         let c = dir.write(
@@ -896,7 +932,7 @@ mod tests {
         assert!(c.iter().all(|c| matches!(c, Change::Upsert(_))), "{c:#?}");
         let w = dir.index.warnings();
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w.iter().all(|w| !w.contains("NodePort")), "{w:?}");
+        assert!(w.iter().all(|w| !w.contains("nodePort")), "{w:?}");
 
         // A spec that no longer translates keeps its warnings with its error.
         dir.write("/m/api.yaml", &api.replace("port: 80", "port: 70000"));
@@ -915,7 +951,7 @@ mod tests {
         let mut dir = Dir::default();
         let sticky = web().replace(
             "  clusterIP: 10.96.0.20\n",
-            "  clusterIP: 10.96.0.20\n  sessionAffinity: ClientIP\n",
+            "  clusterIP: 10.96.0.20\n  externalIPs: ['2001:db8::1']\n",
         );
         dir.write("/m/b.yaml", &sticky);
         dir.write("/m/a.yaml", &web());

@@ -259,22 +259,36 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileObjects, String> {
     }
 }
 
-/// Keeps what translation and the index read, drops the rest (status,
-/// annotations, managedFields and the like can be most of an object), and
-/// gives back the spare room of vectors: the index holds these for as long as
-/// the object exists.
+/// Keeps what translation and the index read, drops the rest (most of the
+/// status, other annotations and labels, managedFields and the like can be
+/// most of an object), and gives back the spare room of vectors: the index
+/// holds these for as long as the object exists.
 fn trim_service(mut s: Service) -> Service {
-    s.status = None;
-    // The topology annotations stay: `agent status` warns that lash does not
-    // act on them.
+    // Of the status only the load balancer's addresses are served.
+    s.status = s
+        .status
+        .take()
+        .and_then(|st| st.load_balancer)
+        .filter(|lb| lb.ingress.as_ref().is_some_and(|i| !i.is_empty()))
+        .map(|lb| k8s_openapi::api::core::v1::ServiceStatus {
+            load_balancer: Some(lb),
+            conditions: None,
+        });
+    // The topology annotations ask for zone hints.
     let annotations = s.metadata.annotations.take().and_then(|mut a| {
-        a.retain(|k, _| super::ignored::TOPOLOGY_ANNOTATIONS.contains(&k.as_str()));
+        a.retain(|k, _| super::translate::TOPOLOGY_ANNOTATIONS.contains(&k.as_str()));
         (!a.is_empty()).then_some(a)
+    });
+    // The proxy-name label hands a Service to another proxy.
+    let labels = s.metadata.labels.take().and_then(|mut l| {
+        l.retain(|k, _| k == super::translate::SERVICE_PROXY_NAME_LABEL);
+        (!l.is_empty()).then_some(l)
     });
     s.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         name: s.metadata.name.take(),
         namespace: s.metadata.namespace.take(),
         annotations,
+        labels,
         ..Default::default()
     };
     s
@@ -291,11 +305,11 @@ fn trim_slice(mut s: EndpointSlice) -> EndpointSlice {
         ..Default::default()
     };
     for ep in &mut s.endpoints {
+        // nodeName (traffic policies) and zone hints (topology) stay.
         ep.target_ref = None;
-        ep.hints = None;
         ep.deprecated_topology = None;
-        ep.node_name = None;
         ep.zone = None;
+        ep.hostname = None;
         ep.addresses.shrink_to_fit();
     }
     s.endpoints.shrink_to_fit();

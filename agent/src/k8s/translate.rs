@@ -1,18 +1,47 @@
 //! Services + EndpointSlices -> desired frontends and backends, the way
 //! kube-proxy reads them:
-//! - one frontend per (IPv4 ClusterIP, service port);
+//! - frontends: each IPv4 ClusterIP on each service port; for NodePort and
+//!   LoadBalancer Services each node-port address of this node on each
+//!   nodePort; each IPv4 `spec.externalIPs` and `status.loadBalancer.ingress`
+//!   address on each service port. SCTP ports are left out (warned, see
+//!   `ignored`), the Service's other ports are served;
 //! - backends from the EndpointSlices labelled `kubernetes.io/service-name`,
 //!   matched to the service port by port name and protocol; the slice port
 //!   carries the resolved target port, so named targetPorts need nothing more;
-//! - ready endpoints only, or serving+terminating ones when none is ready.
+//! - which endpoints, kube-proxy's rules: ready ones, or serving+terminating
+//!   ones when none is ready; this node's only where a traffic policy says
+//!   Local (nothing when it has none: the frontend refuses); the ones hinted
+//!   for this node's zone when the Service asks for topology
+//!   (`trafficDistribution`, or the topology-mode annotation set to Auto), the
+//!   node knows its zone, every ready endpoint carries hints and one is
+//!   hinted here;
+//! - ClusterIP frontends follow `internalTrafficPolicy`; the others follow
+//!   `externalTrafficPolicy`, and when the two policies differ they get a
+//!   second, internal backend set (Cilium's two scopes), which is what
+//!   connections from inside the cluster use;
+//! - `sessionAffinity: ClientIP` with its timeout (default 10800 s);
+//! - Services labelled `service.kubernetes.io/service-proxy-name` belong to
+//!   another proxy and give nothing.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::model::{BackendState, DesiredService, L4Addr, Proto, ServiceKind};
+use super::node_context::NodeContext;
+use crate::model::{BackendState, DesiredService, L4Addr, Proto, ServiceKind, TrafficPolicy};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A Service carrying this label is served by the proxy it names, never by
+/// kube-proxy (nor by us).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The annotation that asks for zone hints before `trafficDistribution`
+/// (the second name is the one before Kubernetes 1.27).
+pub const TOPOLOGY_ANNOTATIONS: [&str; 2] = [
+    "service.kubernetes.io/topology-mode",
+    "service.kubernetes.io/topology-aware-hints",
+];
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when not given.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
 /// The desired services of one Kubernetes Service, or why it has none.
 #[cfg(test)]
@@ -31,12 +60,15 @@ fn ns_name(ns: Option<&String>, name: Option<&String>) -> String {
     )
 }
 
-fn proto(p: Option<&String>) -> Result<Proto, String> {
+/// The protocol of a port: Ok(None) for SCTP, which is valid Kubernetes but
+/// not served.
+fn proto(p: Option<&String>) -> Result<Option<Proto>, String> {
     match p.map(String::as_str).unwrap_or("TCP") {
-        "TCP" => Ok(Proto::Tcp),
-        "UDP" => Ok(Proto::Udp),
+        "TCP" => Ok(Some(Proto::Tcp)),
+        "UDP" => Ok(Some(Proto::Udp)),
+        "SCTP" => Ok(None),
         other => Err(format!(
-            "protocol {other} is not supported (TCP and UDP are)"
+            "protocol {other} is not a Service protocol (TCP, UDP or SCTP)"
         )),
     }
 }
@@ -50,6 +82,15 @@ pub fn service_key(svc: &Service) -> (String, String) {
             .unwrap_or_else(|| "default".into()),
         svc.metadata.name.clone().unwrap_or_default(),
     )
+}
+
+/// The proxy a Service is labelled for, if it is another proxy's.
+pub fn other_proxy(svc: &Service) -> Option<&str> {
+    svc.metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_PROXY_NAME_LABEL)
+        .map(String::as_str)
 }
 
 /// (namespace, service name) a slice serves, if it is an IPv4 slice labelled
@@ -67,10 +108,14 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
     Some((ns, svc.clone()))
 }
 
-/// Translates every service; slices are matched by namespace and label. The
-/// agent goes through `index`, which translates only what changed.
+/// Translates every service on `node`; slices are matched by namespace and
+/// label. The agent goes through `index`, which translates only what changed.
 #[cfg(test)]
-pub fn translate(services: &[Service], slices: &[EndpointSlice]) -> Vec<Translated> {
+pub fn translate_on(
+    node: &NodeContext,
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> Vec<Translated> {
     let mut by_service: std::collections::BTreeMap<(String, String), Vec<&EndpointSlice>> =
         Default::default();
     for s in slices {
@@ -87,22 +132,31 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice]) -> Vec<Translat
                 .unwrap_or(&[]);
             Translated {
                 service: ns_name(svc.metadata.namespace.as_ref(), svc.metadata.name.as_ref()),
-                result: translate_one(svc, slices),
+                result: translate_one(node, svc, slices),
             }
         })
         .collect()
 }
 
+/// `translate_on` a node that knows nothing of itself (no name, zone or
+/// node-port addresses).
+#[cfg(test)]
+pub fn translate(services: &[Service], slices: &[EndpointSlice]) -> Vec<Translated> {
+    translate_on(&NodeContext::default(), services, slices)
+}
+
 /// The frontends of one Service, given the slices that belong to it. The
-/// agent does the same in two steps (`service_ports`, `join`) through the index.
+/// agent does the same in two steps (`service_frontends`, `join`) through
+/// the index.
 #[cfg(test)]
 pub fn translate_one(
+    node: &NodeContext,
     svc: &Service,
     slices: &[&EndpointSlice],
 ) -> Result<Vec<DesiredService>, String> {
-    let facts: Vec<SliceFacts> = slices.iter().map(|s| slice_facts(s)).collect();
+    let facts: Vec<SliceFacts> = slices.iter().map(|s| slice_facts(node, s)).collect();
     let facts: Vec<&SliceFacts> = facts.iter().collect();
-    Ok(join(&service_ports(svc)?, &facts))
+    Ok(join(&service_frontends(node, svc)?, &facts))
 }
 
 /// One frontend of a Service before its backends are known.
@@ -113,6 +167,24 @@ pub struct ServicePort {
     /// The port's name, which the EndpointSlice ports repeat.
     pub port_name: String,
     pub frontend: L4Addr,
+    pub kind: ServiceKind,
+}
+
+/// How a Service picks its endpoints, the same for all its ports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointRules {
+    pub policy: TrafficPolicy,
+    pub affinity_timeout: Option<u32>,
+    /// The Service asks for topology (trafficDistribution, or the annotation
+    /// set to Auto); used only if the endpoints allow it.
+    pub topology: bool,
+}
+
+/// What a Service asks for: its frontends, and how their endpoints are chosen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFrontends {
+    pub ports: Vec<ServicePort>,
+    pub rules: EndpointRules,
 }
 
 /// What of an EndpointSlice translation reads: its ports and its endpoints'
@@ -128,15 +200,30 @@ pub struct Conditions {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// On this node (its slice's `nodeName` is ours).
+    pub local: bool,
+    pub zone: ZoneHint,
 }
 
-pub fn slice_facts(slice: &EndpointSlice) -> SliceFacts {
+/// What an endpoint's zone hints say about this node's zone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ZoneHint {
+    /// No hints (or this node knows no zone, so hints say nothing).
+    #[default]
+    None,
+    /// Hinted for this node's zone.
+    Here,
+    /// Hinted for other zones only.
+    Elsewhere,
+}
+
+pub fn slice_facts(node: &NodeContext, slice: &EndpointSlice) -> SliceFacts {
     let mut ports: Vec<(String, Proto, u16)> = slice
         .ports
         .iter()
         .flatten()
         .filter_map(|sp| {
-            let proto = proto(sp.protocol.as_ref()).ok()?;
+            let proto = proto(sp.protocol.as_ref()).ok()??;
             let port = u16::try_from(sp.port?).ok()?;
             Some((sp.name.clone().unwrap_or_default(), proto, port))
         })
@@ -151,12 +238,22 @@ pub fn slice_facts(slice: &EndpointSlice) -> SliceFacts {
             let c = ep.conditions.as_ref();
             // Unknown readiness counts as ready (API documentation).
             let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let zone = match ep.hints.as_ref().and_then(|h| h.for_zones.as_ref()) {
+                _ if !node.knows_zone() => ZoneHint::None,
+                None => ZoneHint::None,
+                Some(z) if z.is_empty() => ZoneHint::None,
+                Some(z) if z.iter().any(|z| z.name == node.zone) => ZoneHint::Here,
+                Some(_) => ZoneHint::Elsewhere,
+            };
             Some((
                 ip,
                 Conditions {
                     ready,
                     serving: c.and_then(|c| c.serving).unwrap_or(ready),
                     terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                    local: !node.name.is_empty()
+                        && ep.node_name.as_deref() == Some(node.name.as_str()),
+                    zone,
                 },
             ))
         })
@@ -165,18 +262,44 @@ pub fn slice_facts(slice: &EndpointSlice) -> SliceFacts {
     SliceFacts { ports, endpoints }
 }
 
+/// Whether a policy field says Local.
+fn is_local(policy: Option<&String>) -> bool {
+    policy.map(String::as_str) == Some("Local")
+}
+
+/// The IPv4 addresses among `ips`; `field` names them in errors. IPv6 ones
+/// are skipped (warned about by `ignored`).
+fn ipv4_of<'a>(
+    ips: impl Iterator<Item = &'a String>,
+    field: &str,
+) -> Result<Vec<Ipv4Addr>, String> {
+    let mut out = Vec::new();
+    for (i, ip) in ips.enumerate() {
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => out.push(a),
+            Ok(IpAddr::V6(_)) => {}
+            Err(_) => return Err(format!("{field}[{i}] {ip:?} is not an IP address")),
+        }
+    }
+    Ok(out)
+}
+
 /// The frontends a Service asks for, or why it cannot be served. Empty for
-/// Services with nothing to balance (headless, ExternalName).
-pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
+/// Services with nothing to balance (headless, ExternalName) and for those
+/// of another proxy.
+pub fn service_frontends(node: &NodeContext, svc: &Service) -> Result<ServiceFrontends, String> {
     let id = ns_name(svc.metadata.namespace.as_ref(), svc.metadata.name.as_ref());
     if svc.metadata.name.is_none() {
         return Err("metadata.name is missing".into());
+    }
+    if other_proxy(svc).is_some() {
+        return Ok(ServiceFrontends::default());
     }
     let spec = svc.spec.as_ref().ok_or("spec is missing")?;
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
     match kind {
         "ClusterIP" | "NodePort" | "LoadBalancer" => {}
-        "ExternalName" => return Ok(Vec::new()), // DNS only, nothing to balance
+        "ExternalName" => return Ok(ServiceFrontends::default()), // DNS only
         other => return Err(format!("spec.type {other:?} is not a Service type")),
     }
     let mut ips: Vec<&String> = spec.cluster_ips.iter().flatten().collect();
@@ -184,7 +307,8 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
         ips.extend(spec.cluster_ip.as_ref());
     }
     if ips.iter().any(|ip| ip.as_str() == "None") {
-        return Ok(Vec::new()); // headless: clients resolve pods directly
+        // Headless: clients resolve pods directly.
+        return Ok(ServiceFrontends::default());
     }
     if ips.is_empty() || ips.iter().all(|ip| ip.is_empty()) {
         return Err(
@@ -193,74 +317,203 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
                 .into(),
         );
     }
-    let mut v4 = Vec::new();
+    let mut cluster_ips = Vec::new();
     for ip in ips {
-        match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(a)) => v4.push(a),
-            Ok(std::net::IpAddr::V6(_)) => {} // IPv6 is not served yet
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => cluster_ips.push(a),
+            Ok(IpAddr::V6(_)) => {} // IPv6 is not served (warned)
             Err(_) => return Err(format!("spec.clusterIP {ip:?} is not an IP address")),
         }
     }
+    let external_ips = ipv4_of(spec.external_ips.iter().flatten(), "spec.externalIPs")?;
+    // Addresses the load balancer says it has; with ipMode Proxy the load
+    // balancer itself delivers to the nodes, so kube-proxy leaves them alone.
+    let lb_ips: Vec<Ipv4Addr> = if kind == "LoadBalancer" {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        let ips: Vec<&String> = ingress
+            .into_iter()
+            .flatten()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_ref())
+            .collect();
+        ipv4_of(ips.into_iter(), "status.loadBalancer.ingress")?
+    } else {
+        Vec::new()
+    };
+    let node_ports = kind == "NodePort" || kind == "LoadBalancer";
 
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     if ports.is_empty() {
         return Err("spec.ports is empty".into());
     }
-    let mut out = Vec::new();
+    let mut out: Vec<ServicePort> = Vec::new();
     for (i, p) in ports.iter().enumerate() {
         let where_ = format!("spec.ports[{i}]");
         let port = u16::try_from(p.port)
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| format!("{where_}.port {} is not a port number", p.port))?;
-        let proto = proto(p.protocol.as_ref()).map_err(|e| format!("{where_}: {e}"))?;
+        let Some(proto) = proto(p.protocol.as_ref()).map_err(|e| format!("{where_}: {e}"))? else {
+            continue; // SCTP: warned, the other ports are served
+        };
+        let node_port = match p.node_port {
+            None | Some(0) => None,
+            Some(n) => Some(
+                u16::try_from(n)
+                    .ok()
+                    .ok_or_else(|| format!("{where_}.nodePort {n} is not a port number"))?,
+            ),
+        };
         let port_name = p.name.clone().unwrap_or_default();
-        for ip in &v4 {
-            out.push(ServicePort {
-                name: if port_name.is_empty() {
-                    id.clone()
-                } else {
-                    format!("{id}:{port_name}")
-                },
-                port_name: port_name.clone(),
-                frontend: L4Addr {
-                    ip: *ip,
-                    port,
-                    proto,
-                },
-            });
+        let name = if port_name.is_empty() {
+            id.clone()
+        } else {
+            format!("{id}:{port_name}")
+        };
+        let mut add = |ip: Ipv4Addr, port: u16, kind: ServiceKind| {
+            let frontend = L4Addr { ip, port, proto };
+            // One frontend once, the first kind that names it (an external
+            // IP that is also a node address, say).
+            if !out.iter().any(|p| p.frontend == frontend) {
+                out.push(ServicePort {
+                    name: name.clone(),
+                    port_name: port_name.clone(),
+                    frontend,
+                    kind,
+                });
+            }
+        };
+        for ip in &cluster_ips {
+            add(*ip, port, ServiceKind::ClusterIP);
+        }
+        if let (true, Some(np)) = (node_ports, node_port) {
+            for ip in &node.node_port_addresses {
+                add(*ip, np, ServiceKind::NodePort);
+            }
+        }
+        for ip in &external_ips {
+            add(*ip, port, ServiceKind::ExternalIP);
+        }
+        for ip in &lb_ips {
+            add(*ip, port, ServiceKind::LoadBalancer);
         }
     }
     out.shrink_to_fit();
-    Ok(out)
+
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
+    let topology = spec
+        .traffic_distribution
+        .as_deref()
+        .is_some_and(|t| !t.is_empty())
+        || svc.metadata.annotations.as_ref().is_some_and(|a| {
+            TOPOLOGY_ANNOTATIONS
+                .iter()
+                .any(|k| a.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("auto")))
+        });
+    Ok(ServiceFrontends {
+        ports: out,
+        rules: EndpointRules {
+            policy: TrafficPolicy {
+                external_local: is_local(spec.external_traffic_policy.as_ref()),
+                internal_local: is_local(spec.internal_traffic_policy.as_ref()),
+            },
+            affinity_timeout,
+            topology,
+        },
+    })
 }
 
 /// A Service's frontends with the backends its slices give each.
-pub fn join(ports: &[ServicePort], slices: &[&SliceFacts]) -> Vec<DesiredService> {
-    let mut out: Vec<DesiredService> = ports
-        .iter()
-        .map(|p| DesiredService {
+pub fn join(svc: &ServiceFrontends, slices: &[&SliceFacts]) -> Vec<DesiredService> {
+    let rules = svc.rules;
+    let mut out: Vec<DesiredService> = Vec::with_capacity(svc.ports.len());
+    // Frontends of one port share their endpoint sets: work them out once.
+    let mut sets: Option<(&str, Proto, EndpointSets)> = None;
+    for p in &svc.ports {
+        let fresh = !matches!(&sets, Some((n, pr, _)) if *n == p.port_name && *pr == p.frontend.proto);
+        if fresh {
+            sets = Some((
+                &p.port_name,
+                p.frontend.proto,
+                endpoint_sets(slices, &p.port_name, p.frontend.proto, rules.topology),
+            ));
+        }
+        let (_, _, e) = sets.as_ref().expect("set above");
+        let (backends, internal, policy) = match p.kind {
+            // Traffic to a ClusterIP comes from inside the cluster.
+            ServiceKind::ClusterIP => (
+                e.pick(rules.policy.internal_local),
+                None,
+                TrafficPolicy {
+                    external_local: false,
+                    internal_local: rules.policy.internal_local,
+                },
+            ),
+            ServiceKind::NodePort | ServiceKind::ExternalIP | ServiceKind::LoadBalancer => {
+                let ext = e.pick(rules.policy.external_local);
+                let internal = (rules.policy.external_local != rules.policy.internal_local)
+                    .then(|| e.pick(rules.policy.internal_local));
+                (ext, internal, rules.policy)
+            }
+        };
+        out.push(DesiredService {
             name: p.name.clone(),
             frontend: p.frontend,
-            kind: ServiceKind::ClusterIP,
-            backends: backends_for(slices, &p.port_name, p.frontend.proto),
-        })
-        .collect();
-    out.shrink_to_fit();
+            kind: p.kind,
+            backends,
+            internal,
+            policy,
+            affinity_timeout: rules.affinity_timeout,
+        });
+    }
     out
 }
 
-/// The backends for one service port: ready endpoints, else serving and
-/// terminating ones (so a rolling update does not drop to zero at the end).
-/// The slice port carries the resolved target port, so named targetPorts
-/// need nothing more.
-fn backends_for(
+/// The two endpoint sets of one service port, as kube-proxy categorizes
+/// them: the cluster-wide one and this node's.
+struct EndpointSets {
+    cluster: Vec<(L4Addr, BackendState)>,
+    local: Vec<(L4Addr, BackendState)>,
+}
+
+impl EndpointSets {
+    fn pick(&self, local: bool) -> Vec<(L4Addr, BackendState)> {
+        let mut v = if local {
+            self.local.clone()
+        } else {
+            self.cluster.clone()
+        };
+        v.shrink_to_fit();
+        v
+    }
+}
+
+/// The endpoints of one service port: ready ones, else serving and
+/// terminating ones (so a rolling update does not drop to zero at the end),
+/// for the cluster and for this node alike; zone hints narrow the cluster's
+/// ready ones when the Service asks for topology and every ready endpoint
+/// is hinted, one of them for this node's zone (kube-proxy's rule). The slice
+/// port carries the resolved target port, so named targetPorts need nothing
+/// more.
+fn endpoint_sets(
     slices: &[&SliceFacts],
     port_name: &str,
     proto: Proto,
-) -> Vec<(L4Addr, BackendState)> {
-    let mut ready = Vec::new();
-    let mut terminating = Vec::new();
+    topology: bool,
+) -> EndpointSets {
+    let mut all: Vec<(L4Addr, Conditions)> = Vec::new();
     for slice in slices {
         let Some(port) = slice
             .ports
@@ -270,540 +523,43 @@ fn backends_for(
         else {
             continue;
         };
-        for (ip, c) in &slice.endpoints {
-            let addr = L4Addr {
-                ip: *ip,
-                port,
-                proto,
-            };
-            if c.ready {
-                ready.push((addr, BackendState::Active));
-            } else if c.serving && c.terminating {
-                terminating.push((addr, BackendState::Terminating));
-            }
-        }
+        all.extend(
+            slice
+                .endpoints
+                .iter()
+                .map(|(ip, c)| (L4Addr { ip: *ip, port, proto }, *c)),
+        );
     }
-    let mut chosen = if ready.is_empty() { terminating } else { ready };
-    chosen.shrink_to_fit();
-    chosen
+    let use_topology = topology
+        && all
+            .iter()
+            .filter(|(_, c)| c.ready)
+            .all(|(_, c)| c.zone != ZoneHint::None)
+        && all.iter().any(|(_, c)| c.ready && c.zone == ZoneHint::Here);
+    // Ready endpoints that pass `ready_too`, else serving+terminating ones
+    // that pass `keep`.
+    let choose = |ready_too: &dyn Fn(&Conditions) -> bool, keep: &dyn Fn(&Conditions) -> bool| {
+        let ready: Vec<(L4Addr, BackendState)> = all
+            .iter()
+            .filter(|(_, c)| c.ready && ready_too(c))
+            .map(|(a, _)| (*a, BackendState::Active))
+            .collect();
+        if !ready.is_empty() {
+            return ready;
+        }
+        all.iter()
+            .filter(|(_, c)| c.serving && c.terminating && keep(c))
+            .map(|(a, _)| (*a, BackendState::Terminating))
+            .collect()
+    };
+    EndpointSets {
+        // Topology narrows the ready endpoints only; the terminating
+        // fallback is taken whole, as kube-proxy does.
+        cluster: choose(&|c| !use_topology || c.zone == ZoneHint::Here, &|_| true),
+        local: choose(&|c| c.local, &|c| c.local),
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::k8s::manifests::parse;
-
-    /// Strips the indentation common to all non-blank lines, so YAML can sit
-    /// indented in the test source.
-    fn dedent(s: &str) -> String {
-        let indent = s
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| l.len() - l.trim_start().len())
-            .min()
-            .unwrap_or(0);
-        s.lines()
-            .map(|l| l.get(indent..).unwrap_or("").trim_end())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn translate_yaml(yaml: &str) -> Vec<Translated> {
-        let objs = parse(&dedent(yaml)).expect("test YAML parses");
-        translate(&objs.services, &objs.slices)
-    }
-
-    /// The result for the one service in `yaml`.
-    fn one(yaml: &str) -> Result<Vec<DesiredService>, String> {
-        let mut t = translate_yaml(yaml);
-        assert_eq!(t.len(), 1, "one service expected");
-        t.remove(0).result
-    }
-
-    fn addr(s: &str, proto: Proto) -> L4Addr {
-        let (ip, port) = s.split_once(':').unwrap();
-        L4Addr {
-            ip: ip.parse().unwrap(),
-            port: port.parse().unwrap(),
-            proto,
-        }
-    }
-
-    fn active(addrs: &[&str], proto: Proto) -> Vec<(L4Addr, BackendState)> {
-        addrs
-            .iter()
-            .map(|a| (addr(a, proto), BackendState::Active))
-            .collect()
-    }
-
-    #[track_caller]
-    fn err_of(r: Result<Vec<DesiredService>, String>) -> String {
-        match r {
-            Ok(v) => panic!("expected an error, got {v:?}"),
-            Err(e) => e,
-        }
-    }
-
-    const WEB: &str = "
-        apiVersion: v1
-        kind: Service
-        metadata:
-          name: web
-          namespace: shop
-        spec:
-          clusterIP: 10.96.0.20
-          ports:
-          - name: http
-            port: 80
-            targetPort: web-http
-          - name: metrics
-            port: 9090
-            targetPort: 9091
-    ";
-
-    #[test]
-    fn multi_port_service_matches_slice_ports_by_name() {
-        let slices = "
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: web-abc
-              namespace: shop
-              labels:
-                kubernetes.io/service-name: web
-            addressType: IPv4
-            ports:
-            - name: metrics
-              port: 9091
-              protocol: TCP
-            - name: http
-              port: 5353
-              protocol: UDP
-            - name: http
-              port: 8080
-            endpoints:
-            - addresses: [10.244.1.5]
-              conditions: {ready: true}
-            - addresses: [10.244.2.7]
-              conditions: {ready: true}
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: web-def
-              namespace: shop
-              labels:
-                kubernetes.io/service-name: web
-            addressType: IPv4
-            ports:
-            - name: http
-              port: 8080
-            endpoints:
-            - addresses: [10.244.3.9]
-        ";
-        let t = translate_yaml(&format!("{}\n---\n{}", dedent(WEB), dedent(slices)));
-        assert_eq!(t.len(), 1);
-        assert_eq!(t[0].service, "shop/web");
-        let got = t[0].result.as_ref().unwrap();
-        assert_eq!(
-            got,
-            &[
-                DesiredService {
-                    name: "shop/web:http".into(),
-                    frontend: addr("10.96.0.20:80", Proto::Tcp),
-                    kind: ServiceKind::ClusterIP,
-                    // The named targetPort resolved through the slice's "http" port,
-                    // from both slices; the UDP "http" port is not TCP's.
-                    backends: active(
-                        &["10.244.1.5:8080", "10.244.2.7:8080", "10.244.3.9:8080"],
-                        Proto::Tcp
-                    ),
-                },
-                DesiredService {
-                    name: "shop/web:metrics".into(),
-                    frontend: addr("10.96.0.20:9090", Proto::Tcp),
-                    kind: ServiceKind::ClusterIP,
-                    // Only the first slice has a "metrics" port.
-                    backends: active(&["10.244.1.5:9091", "10.244.2.7:9091"], Proto::Tcp),
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn udp_and_tcp_on_the_same_port() {
-        let r = one("
-            apiVersion: v1
-            kind: Service
-            metadata: {name: kube-dns, namespace: kube-system}
-            spec:
-              clusterIP: 10.96.0.10
-              ports:
-              - {name: dns, port: 53, protocol: UDP}
-              - {name: dns-tcp, port: 53, protocol: TCP}
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: kube-dns-1
-              namespace: kube-system
-              labels: {kubernetes.io/service-name: kube-dns}
-            addressType: IPv4
-            ports:
-            - {name: dns-tcp, port: 53, protocol: TCP}
-            - {name: dns, port: 53, protocol: UDP}
-            endpoints:
-            - addresses: [10.244.0.3]
-        ")
-        .unwrap();
-        assert_eq!(r.len(), 2);
-        assert_eq!(r[0].name, "kube-system/kube-dns:dns");
-        assert_eq!(r[0].frontend, addr("10.96.0.10:53", Proto::Udp));
-        assert_eq!(r[0].backends, active(&["10.244.0.3:53"], Proto::Udp));
-        assert_eq!(r[1].frontend, addr("10.96.0.10:53", Proto::Tcp));
-        assert_eq!(r[1].backends, active(&["10.244.0.3:53"], Proto::Tcp));
-    }
-
-    #[test]
-    fn unnamed_port_matches_unnamed_slice_port() {
-        let r = one("
-            apiVersion: v1
-            kind: Service
-            metadata: {name: echo}
-            spec:
-              clusterIP: 10.96.0.5
-              ports: [{port: 80, targetPort: 8080}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: echo-1
-              labels: {kubernetes.io/service-name: echo}
-            addressType: IPv4
-            ports: [{port: 8080}]
-            endpoints: [{addresses: [10.244.0.8]}]
-        ")
-        .unwrap();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].name, "default/echo", "no port suffix");
-        assert_eq!(r[0].backends, active(&["10.244.0.8:8080"], Proto::Tcp));
-    }
-
-    const ECHO_SVC: &str = "
-        apiVersion: v1
-        kind: Service
-        metadata: {name: echo}
-        spec:
-          clusterIP: 10.96.0.5
-          ports: [{port: 80}]
-        ---
-        apiVersion: discovery.k8s.io/v1
-        kind: EndpointSlice
-        metadata:
-          name: echo-1
-          labels: {kubernetes.io/service-name: echo}
-        addressType: IPv4
-        ports: [{port: 8080}]
-    ";
-
-    fn backends_of(endpoints: &str) -> Vec<(L4Addr, BackendState)> {
-        let r = one(&format!("{}\n{}", dedent(ECHO_SVC), dedent(endpoints))).unwrap();
-        assert_eq!(r.len(), 1);
-        r.into_iter().next().unwrap().backends
-    }
-
-    #[test]
-    fn only_ready_endpoints_when_some_are_ready() {
-        let b = backends_of(
-            "
-            endpoints:
-            - addresses: [10.244.0.1]
-              conditions: {ready: true, serving: true, terminating: false}
-            - addresses: [10.244.0.2]
-              conditions: {ready: false, serving: true, terminating: true}
-            - addresses: [10.244.0.3]
-              conditions: {ready: false, serving: false, terminating: false}
-            - addresses: [10.244.0.4]
-              conditions: {ready: true}
-            ",
-        );
-        assert_eq!(
-            b,
-            active(&["10.244.0.1:8080", "10.244.0.4:8080"], Proto::Tcp)
-        );
-    }
-
-    #[test]
-    fn serving_terminating_endpoints_when_none_is_ready() {
-        let b = backends_of(
-            "
-            endpoints:
-            - addresses: [10.244.0.2]
-              conditions: {ready: false, serving: true, terminating: true}
-            - addresses: [10.244.0.3]
-              conditions: {ready: false, serving: false, terminating: true}
-            - addresses: [10.244.0.5]
-              conditions: {ready: false, serving: true, terminating: false}
-            - addresses: [10.244.0.6]
-              conditions: {ready: false, terminating: true}
-            - addresses: [10.244.0.7]
-              conditions: {ready: false, serving: true, terminating: true}
-            ",
-        );
-        assert_eq!(
-            b,
-            [
-                (
-                    addr("10.244.0.2:8080", Proto::Tcp),
-                    BackendState::Terminating
-                ),
-                (
-                    addr("10.244.0.7:8080", Proto::Tcp),
-                    BackendState::Terminating
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn not_ready_not_serving_endpoints_are_excluded() {
-        let b = backends_of(
-            "
-            endpoints:
-            - addresses: [10.244.0.3]
-              conditions: {ready: false, serving: false, terminating: true}
-            - addresses: [10.244.0.4]
-              conditions: {ready: false}
-            ",
-        );
-        assert_eq!(b, []);
-    }
-
-    #[test]
-    fn endpoints_without_conditions_count_as_ready() {
-        let b = backends_of(
-            "
-            endpoints:
-            - addresses: [10.244.0.1]
-            - addresses: [10.244.0.2]
-              conditions: {}
-            - addresses: [10.244.0.3]
-              conditions: {serving: true, terminating: false}
-            - addresses: ['not-an-ip']
-            - addresses: []
-            ",
-        );
-        assert_eq!(
-            b,
-            active(
-                &["10.244.0.1:8080", "10.244.0.2:8080", "10.244.0.3:8080"],
-                Proto::Tcp
-            )
-        );
-    }
-
-    #[test]
-    fn slices_of_other_services_and_namespaces_are_ignored() {
-        let t = translate_yaml(
-            "
-            apiVersion: v1
-            kind: Service
-            metadata: {name: echo, namespace: a}
-            spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}
-            ---
-            apiVersion: v1
-            kind: Service
-            metadata: {name: echo, namespace: b}
-            spec: {clusterIP: 10.96.0.6, ports: [{port: 80}]}
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: echo-a
-              namespace: a
-              labels: {kubernetes.io/service-name: echo}
-            addressType: IPv4
-            ports: [{port: 8080}]
-            endpoints: [{addresses: [10.244.0.1]}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: other-a
-              namespace: a
-              labels: {kubernetes.io/service-name: other}
-            addressType: IPv4
-            ports: [{port: 8080}]
-            endpoints: [{addresses: [10.244.0.2]}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: unlabelled
-              namespace: b
-            addressType: IPv4
-            ports: [{port: 8080}]
-            endpoints: [{addresses: [10.244.0.3]}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: echo-b-v6
-              namespace: b
-              labels: {kubernetes.io/service-name: echo}
-            addressType: IPv6
-            ports: [{port: 8080}]
-            endpoints: [{addresses: ['fd00::4']}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: echo-c
-              namespace: c
-              labels: {kubernetes.io/service-name: echo}
-            addressType: IPv4
-            ports: [{port: 8080}]
-            endpoints: [{addresses: [10.244.0.5]}]
-            ",
-        );
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0].service, "a/echo");
-        let a = t[0].result.as_ref().unwrap();
-        assert_eq!(a[0].backends, active(&["10.244.0.1:8080"], Proto::Tcp));
-        assert_eq!(t[1].service, "b/echo");
-        let b = t[1].result.as_ref().unwrap();
-        assert_eq!(
-            b.len(),
-            1,
-            "a service without endpoints still has a frontend"
-        );
-        assert_eq!(b[0].frontend, addr("10.96.0.6:80", Proto::Tcp));
-        assert_eq!(b[0].backends, []);
-    }
-
-    #[test]
-    fn headless_and_external_name_have_no_frontends() {
-        let r = one("
-            apiVersion: v1
-            kind: Service
-            metadata: {name: db}
-            spec:
-              clusterIP: None
-              ports: [{port: 5432}]
-        ");
-        assert_eq!(r, Ok(vec![]));
-        let r = one("
-            apiVersion: v1
-            kind: Service
-            metadata: {name: db}
-            spec:
-              clusterIPs: [None]
-              ports: [{port: 5432}]
-        ");
-        assert_eq!(r, Ok(vec![]));
-        let r = one("
-            apiVersion: v1
-            kind: Service
-            metadata: {name: ext}
-            spec:
-              type: ExternalName
-              externalName: example.com
-        ");
-        assert_eq!(r, Ok(vec![]));
-    }
-
-    fn svc_with_spec(spec: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: ns}}\nspec:\n{}",
-            dedent(spec)
-                .lines()
-                .map(|l| format!("  {l}\n"))
-                .collect::<String>()
-        )
-    }
-
-    #[test]
-    fn invalid_services_are_errors_naming_the_field() {
-        let cases = [
-            ("ports: [{port: 80}]", &["spec.clusterIP", "not set"][..]),
-            (
-                "clusterIP: ''\nports: [{port: 80}]",
-                &["spec.clusterIP", "not set"],
-            ),
-            (
-                "clusterIP: 10.96.0.300\nports: [{port: 80}]",
-                &["spec.clusterIP", "10.96.0.300", "not an IP address"],
-            ),
-            (
-                "clusterIP: 10.96.0.7\nports: [{port: 80}, {port: 9, protocol: SCTP}]",
-                &["spec.ports[1]", "SCTP"],
-            ),
-            (
-                "clusterIP: 10.96.0.7\nports: [{port: 0}]",
-                &["spec.ports[0].port", "0"],
-            ),
-            (
-                "clusterIP: 10.96.0.7\nports: [{port: 80}, {port: 70000}]",
-                &["spec.ports[1].port", "70000"],
-            ),
-            ("clusterIP: 10.96.0.7", &["spec.ports"]),
-            ("clusterIP: 10.96.0.7\nports: []", &["spec.ports"]),
-            (
-                "type: Bogus\nclusterIP: 10.96.0.7\nports: [{port: 80}]",
-                &["spec.type", "Bogus"],
-            ),
-        ];
-        for (spec, needles) in cases {
-            let yaml = svc_with_spec(spec);
-            let e = err_of(one(&yaml));
-            for n in needles {
-                assert!(e.contains(n), "{spec:?}: {e:?} does not mention {n:?}");
-            }
-        }
-        // No spec at all.
-        let e = err_of(one("apiVersion: v1\nkind: Service\nmetadata: {name: x}"));
-        assert!(e.contains("spec"), "{e}");
-    }
-
-    #[test]
-    fn an_invalid_service_does_not_affect_others() {
-        let yaml = format!(
-            "{}\n---\n{}",
-            svc_with_spec("ports: [{port: 80}]"),
-            dedent(ECHO_SVC)
-        );
-        let t = translate_yaml(&yaml);
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0].service, "ns/bad");
-        assert!(t[0].result.is_err());
-        assert_eq!(t[1].service, "default/echo");
-        assert_eq!(t[1].result.as_ref().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn ipv6_cluster_ips_are_ignored() {
-        let dual = one("
-            apiVersion: v1
-            kind: Service
-            metadata: {name: dual}
-            spec:
-              clusterIP: fd00::30
-              clusterIPs: [fd00::30, 10.96.0.30]
-              ipFamilies: [IPv6, IPv4]
-              ports: [{port: 80}]
-        ")
-        .unwrap();
-        assert_eq!(dual.len(), 1);
-        assert_eq!(dual[0].frontend, addr("10.96.0.30:80", Proto::Tcp));
-
-        let v6 = one("
-            apiVersion: v1
-            kind: Service
-            metadata: {name: v6}
-            spec:
-              clusterIP: fd00::31
-              ports: [{port: 80}]
-        ");
-        assert_eq!(v6, Ok(vec![]));
-    }
-}
+#[path = "translate_tests.rs"]
+mod tests;

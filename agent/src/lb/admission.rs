@@ -19,10 +19,15 @@ pub struct Usage {
 /// What one service asks for on top of what it holds now.
 #[derive(Clone, Copy, Debug)]
 pub struct Ask {
-    /// lb4_services entries it holds now (frontend + slots).
+    /// lb4_services entries it holds now (frontends + slots, both scopes).
     pub held_entries: usize,
-    /// Backends after deduplication.
+    /// lb4_services entries it needs: a frontend and a slot per backend, for
+    /// each of its scopes.
+    pub entries: usize,
+    /// Backends of its largest scope, after deduplication.
     pub backends: usize,
+    /// Backends of the scope the datapath serves (one affinity-match entry each).
+    pub matches: usize,
     /// Of those, backends not in lb4_backends yet.
     pub new_backends: usize,
     /// Whether it needs a reverse-NAT index it does not have.
@@ -44,9 +49,10 @@ pub fn admit(used: Usage, ask: Ask, cap: Capacity) -> Result<(), String> {
     }
     // Slots first, frontend after, excess deleted last: during the write the
     // service holds max(old, new) slots plus its frontend.
-    let need_entries = 1 + ask.backends;
+    let need_entries = ask.entries;
     let peak_entries = used.services - ask.held_entries + need_entries.max(ask.held_entries);
-    let peak_matches = used.matches - ask.held_matches + ask.backends.max(ask.held_matches);
+    let peak_matches =
+        used.matches - ask.held_matches + ask.matches.max(ask.held_matches);
     let rev_nat_cap = cap.rev_nat.min(usize::from(u16::MAX));
     if peak_entries > cap.services
         || used.backends + ask.new_backends > cap.backends

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use lash_common::{Lb4Backend, Lb4Key, Lb4Service};
 
 use crate::{
-    maps::{lb4_backends, lb4_services},
+    maps::{
+        lb4_backends,
+        lb4_services::{self, Head, Scope},
+    },
     model::{BackendState, L4Addr},
 };
 
@@ -29,11 +32,14 @@ pub struct ProgrammedBackend {
     pub state: BackendState,
 }
 
+/// What the maps hold of one service: its external scope (the only one of
+/// most services) in the flat fields, its internal scope in `internal`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProgrammedService {
     /// Host order; 0 when no reverse-NAT entry is known.
     pub rev_nat: u16,
-    pub flags: u8,
+    /// Flags and affinity timeout of slot 0 (both scopes carry the same).
+    pub head: Head,
     /// Whether slot 0 exists. False for leftovers of an interrupted write.
     pub has_frontend: bool,
     /// The count slot 0 carries (0 without it). After an interrupted write it
@@ -41,27 +47,67 @@ pub struct ProgrammedService {
     pub count: u16,
     /// slot (1..) -> backend id, every slot entry present in the map.
     pub slots: BTreeMap<u16, u32>,
+    /// The internal scope, empty unless the service has two scopes (or an
+    /// interrupted write left some of one).
+    pub internal: ScopeSlots,
     /// Backend ids with an affinity-match entry under `rev_nat`.
     pub matches: BTreeSet<u32>,
 }
 
-impl ProgrammedService {
-    /// The backend ids of slots 1..=n, up to the first hole.
+/// The entries of the internal scope.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScopeSlots {
+    pub has_frontend: bool,
+    pub count: u16,
+    pub slots: BTreeMap<u16, u32>,
+}
+
+impl ScopeSlots {
     pub fn slot_list(&self) -> Vec<u32> {
-        let count = self.slots.len() as u16;
-        (1..=count)
-            .map_while(|s| self.slots.get(&s).copied())
-            .collect()
+        slot_list(&self.slots)
     }
 
-    /// lb4_services entries this service takes.
     pub fn entries(&self) -> usize {
         usize::from(self.has_frontend) + self.slots.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        !self.has_frontend && self.slots.is_empty()
+    }
+}
+
+/// The backend ids of slots 1..=n, up to the first hole.
+fn slot_list(slots: &BTreeMap<u16, u32>) -> Vec<u32> {
+    let count = slots.len() as u16;
+    (1..=count).map_while(|s| slots.get(&s).copied()).collect()
+}
+
+impl ProgrammedService {
+    /// The backend ids of the external scope's slots 1..=n, up to the first hole.
+    pub fn slot_list(&self) -> Vec<u32> {
+        slot_list(&self.slots)
+    }
+
+    /// lb4_services entries this service takes, both scopes.
+    pub fn entries(&self) -> usize {
+        usize::from(self.has_frontend) + self.slots.len() + self.internal.entries()
+    }
+
+    /// Every backend id a slot of either scope names (with repeats).
+    pub fn slot_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots
+            .values()
+            .chain(self.internal.slots.values())
+            .copied()
+    }
+
     /// Whether nothing of it is left in any map.
     pub fn is_gone(&self) -> bool {
-        !self.has_frontend && self.slots.is_empty() && self.matches.is_empty() && self.rev_nat == 0
+        !self.has_frontend
+            && self.slots.is_empty()
+            && self.internal.is_empty()
+            && self.matches.is_empty()
+            && self.rev_nat == 0
     }
 }
 
@@ -85,20 +131,33 @@ impl Programmed {
             }
         }
         for (k, v) in services {
-            let Some(fe) = lb4_services::frontend_of(&k) else {
+            let (Some(fe), Some(scope)) = (lb4_services::frontend_of(&k), lb4_services::scope_of(&k))
+            else {
                 continue;
             };
             let s = p.services.entry(fe).or_default();
-            if k.backend_slot == 0 {
-                s.has_frontend = true;
-                s.count = v.count;
+            if s.rev_nat == 0 || (k.backend_slot == 0 && scope == Scope::External) {
                 s.rev_nat = lb4_services::rev_nat_of(&v);
-                s.flags = v.flags;
-            } else {
-                if s.rev_nat == 0 {
-                    s.rev_nat = lb4_services::rev_nat_of(&v);
+            }
+            match (scope, k.backend_slot) {
+                (Scope::External, 0) => {
+                    s.has_frontend = true;
+                    s.count = v.count;
+                    s.head = Head::read(&v);
                 }
-                s.slots.insert(k.backend_slot, v.backend_id);
+                (Scope::External, slot) => {
+                    s.slots.insert(slot, v.backend_id);
+                }
+                (Scope::Internal, 0) => {
+                    s.internal.has_frontend = true;
+                    s.internal.count = v.count;
+                    if !s.has_frontend {
+                        s.head = Head::read(&v);
+                    }
+                }
+                (Scope::Internal, slot) => {
+                    s.internal.slots.insert(slot, v.backend_id);
+                }
             }
         }
         let by_rev_nat: BTreeMap<u16, L4Addr> = p

@@ -87,9 +87,8 @@ impl Reconciler {
         // is active in the maps.
         for (fe, s) in services {
             let active = s
-                .slots
-                .values()
-                .filter_map(|id| r.backend_ids.get(id))
+                .slot_ids()
+                .filter_map(|id| r.backend_ids.get(&id))
                 .filter(|a| r.programmed.backends[*a].state == BackendState::Active)
                 .copied()
                 .collect();
@@ -113,11 +112,11 @@ impl Reconciler {
             }
             self.entries -= old.entries();
             self.matches -= old.matches.len();
-            for id in old.slots.values() {
-                if let Some(n) = self.refs.get_mut(id) {
+            for id in old.slot_ids() {
+                if let Some(n) = self.refs.get_mut(&id) {
                     *n -= 1;
                     if *n == 0 {
-                        self.refs.remove(id);
+                        self.refs.remove(&id);
                     }
                 }
             }
@@ -128,8 +127,8 @@ impl Reconciler {
             }
             self.entries += new.entries();
             self.matches += new.matches.len();
-            for id in new.slots.values() {
-                *self.refs.entry(*id).or_default() += 1;
+            for id in new.slot_ids() {
+                *self.refs.entry(id).or_default() += 1;
             }
             self.programmed.services.insert(fe, new);
         }
@@ -330,7 +329,7 @@ impl Reconciler {
                     let Some(s) = self.programmed.services.get(&fe) else {
                         continue;
                     };
-                    touched_backends.extend(s.slots.values().copied());
+                    touched_backends.extend(s.slot_ids());
                     match self.remove_service(&fe, maps) {
                         Ok(()) => {
                             report.services_removed += 1;
@@ -350,11 +349,23 @@ impl Reconciler {
         let cap = maps.capacity();
         for d in upserts {
             let list = dedup_backends(&d.backends);
+            let internal = d.internal.as_deref().map(dedup_backends);
+            // Every backend of either scope, once: what goes into lb4_backends
+            // and lb4_affinity_match.
+            let mut all = list.clone();
+            if let Some(int) = &internal {
+                let ext: BTreeSet<L4Addr> = list.iter().map(|(a, _)| *a).collect();
+                all.extend(int.iter().filter(|(a, _)| !ext.contains(a)).copied());
+            }
             let old = self.programmed.services.get(&d.frontend);
             let ask = Ask {
                 held_entries: old.map_or(0, ProgrammedService::entries),
-                backends: list.len(),
-                new_backends: list
+                entries: 1 + list.len() + internal.as_ref().map_or(0, |i| 1 + i.len()),
+                backends: list.len().max(internal.as_ref().map_or(0, Vec::len)),
+                // At most every backend of either scope at once (a service
+                // gaining its internal scope holds both sets for a moment).
+                matches: all.len(),
+                new_backends: all
                     .iter()
                     .filter(|(a, _)| !self.programmed.backends.contains_key(a))
                     .count(),
@@ -374,16 +385,24 @@ impl Reconciler {
                 continue;
             }
             if let Some(s) = old {
-                touched_backends.extend(s.slots.values().copied());
+                touched_backends.extend(s.slot_ids());
             }
-            let active = list
+            // A backend is active for this frontend if either scope has it so.
+            let active = all
                 .iter()
                 .filter(|(_, s)| *s == BackendState::Active)
                 .map(|(a, _)| *a)
+                .chain(
+                    internal
+                        .iter()
+                        .flatten()
+                        .filter(|(_, s)| *s == BackendState::Active)
+                        .map(|(a, _)| *a),
+                )
                 .collect();
             restate.extend(self.set_wants_active(d.frontend, active));
             let mut failed = false;
-            for (addr, _) in &list {
+            for (addr, _) in &all {
                 let state = self.wanted_state(addr);
                 match self.put_backend(addr, state, maps) {
                     Ok(true) => report.backends_added += 1,
@@ -401,6 +420,7 @@ impl Reconciler {
             if !failed {
                 let d = DesiredService {
                     backends: list.clone(),
+                    internal: internal.clone(),
                     ..d.clone()
                 };
                 match self.write_service(&d, maps) {
@@ -418,7 +438,7 @@ impl Reconciler {
             if failed {
                 // Backends written for it that no slot names are taken back.
                 touched_backends.extend(
-                    list.iter()
+                    all.iter()
                         .filter_map(|(a, _)| self.programmed.backends.get(a).map(|b| b.id)),
                 );
             }

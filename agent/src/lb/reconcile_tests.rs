@@ -60,15 +60,15 @@ fn svc(name: &str, frontend: L4Addr, backends: &[u8]) -> DesiredService {
 }
 
 fn svc_at(name: &str, frontend: L4Addr, backends: &[L4Addr]) -> DesiredService {
-    DesiredService {
-        name: format!("default/{name}"),
+    DesiredService::plain(
+        format!("default/{name}"),
         frontend,
-        kind: ServiceKind::ClusterIP,
-        backends: backends
+        ServiceKind::ClusterIP,
+        backends
             .iter()
             .map(|b| (*b, BackendState::Active))
             .collect(),
-    }
+    )
 }
 
 fn fresh() -> (Reconciler, FakeMaps) {
@@ -559,7 +559,7 @@ fn restart_after_a_crash_between_slots_and_frontend_finishes_the_write() {
     let f = maps.services[&lb4_services::key(&fe(1), 0)];
     maps.services.insert(
         lb4_services::key(&fe(1), 0),
-        lb4_services::frontend_value(2, lb4_services::rev_nat_of(&f), 0),
+        lb4_services::frontend_value(2, lb4_services::rev_nat_of(&f), Default::default()),
     );
     let mut rec = Reconciler::new(picture(&maps));
     reconcile_ok(&mut rec, &mut maps, &[svc("a", fe(1), &[1, 2, 3])]);
@@ -624,10 +624,10 @@ fn from_entries_leaves_what_it_cannot_read_alone() {
     let mut icmp = lb4_services::key(&fe(1), 0);
     icmp.proto = 1;
     maps.services
-        .insert(icmp, lb4_services::frontend_value(0, 5, 0));
+        .insert(icmp, lb4_services::frontend_value(0, 5, Default::default()));
     maps.services.insert(
         lb4_services::key(&fe(2), 0),
-        lb4_services::frontend_value(1, 4, 0),
+        lb4_services::frontend_value(1, 4, Default::default()),
     );
     maps.services
         .insert(lb4_services::key(&fe(2), 1), lb4_services::slot_value(1, 4));
@@ -1445,12 +1445,7 @@ fn apply_equals_full_reconcile_on_random_edits() {
                         let list = (0..n).map(|_| random_backend(&mut rng)).collect();
                         desired.insert(
                             f,
-                            DesiredService {
-                                name,
-                                frontend: f,
-                                kind: ServiceKind::ClusterIP,
-                                backends: list,
-                            },
+                            DesiredService::plain(name, f, ServiceKind::ClusterIP, list),
                         );
                     }
                     continue;

@@ -10,14 +10,22 @@ use std::{
 
 use lash_common::{Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
 
-use super::{lb4_backends, lb4_reverse_nat, lb4_services, Capacity, LbMapWriter, MapWriteError};
+use super::{
+    lb4_backends, lb4_reverse_nat,
+    lb4_services::{self, Head, Scope},
+    Capacity, LbMapWriter, MapWriteError,
+};
 use crate::model::L4Addr;
 
 /// One attempted write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// A slot of the external scope (the only one of most services).
     PutService(L4Addr, u16),
     DelService(L4Addr, u16),
+    /// A slot of the internal scope.
+    PutInternal(L4Addr, u16),
+    DelInternal(L4Addr, u16),
     PutBackend(u32, L4Addr),
     DelBackend(u32),
     PutRevNat(u16),
@@ -29,7 +37,10 @@ pub enum Op {
 impl Op {
     pub fn frontend(&self) -> Option<L4Addr> {
         match self {
-            Op::PutService(fe, _) | Op::DelService(fe, _) => Some(*fe),
+            Op::PutService(fe, _)
+            | Op::DelService(fe, _)
+            | Op::PutInternal(fe, _)
+            | Op::DelInternal(fe, _) => Some(*fe),
             _ => None,
         }
     }
@@ -143,9 +154,10 @@ impl FakeMaps {
         Ok(())
     }
 
-    /// What a connect() may rely on at any moment: a frontend with count n has
-    /// slots 1..=n, each naming a backend that exists, and its reverse-NAT
-    /// entry exists and names the frontend.
+    /// What a connect() may rely on at any moment: a frontend (of either
+    /// scope) with count n has slots 1..=n, each naming a backend that exists,
+    /// and its reverse-NAT entry exists and names the frontend; a frontend
+    /// flagged two-scopes has its internal scope.
     pub fn check_invariant(&mut self, after: &Op) {
         if !self.checking {
             return;
@@ -155,31 +167,47 @@ impl FakeMaps {
             if k.backend_slot != 0 {
                 continue;
             }
-            let Some(fe) = lb4_services::frontend_of(k) else {
-                problems.push(format!("frontend key with unknown protocol: {k:?}"));
+            let (Some(fe), Some(scope)) = (lb4_services::frontend_of(k), lb4_services::scope_of(k))
+            else {
+                problems.push(format!("frontend key with unknown protocol or scope: {k:?}"));
                 continue;
             };
+            if scope == Scope::External
+                && Head::read(v).two_scopes()
+                && !self
+                    .services
+                    .contains_key(&lb4_services::key_in(&fe, Scope::Internal, 0))
+            {
+                problems.push(format!("{fe}: two scopes but no internal scope"));
+            }
+            // The scope connections are served from: the internal one of a
+            // two-scope service.
+            let served = match scope {
+                Scope::Internal => true,
+                Scope::External => !Head::read(v).two_scopes(),
+            };
             for slot in 1..=v.count {
-                match self.services.get(&lb4_services::key(&fe, slot)) {
+                match self.services.get(&lb4_services::key_in(&fe, scope, slot)) {
                     None => problems.push(format!(
-                        "{fe}: count {} but slot {slot} is missing",
+                        "{fe} ({scope:?}): count {} but slot {slot} is missing",
                         v.count
                     )),
                     Some(s) if !self.backends.contains_key(&s.backend_id) => {
                         problems.push(format!(
-                            "{fe}: slot {slot} names backend {} which is not in lb4_backends",
+                            "{fe} ({scope:?}): slot {slot} names backend {} which is not in lb4_backends",
                             s.backend_id
                         ))
                     }
                     // A UDP socket on this backend must keep it while it is
                     // one of the service's.
                     Some(s)
-                        if !self
-                            .matches
-                            .contains(&(s.backend_id, lb4_services::rev_nat_of(v))) =>
+                        if served
+                            && !self
+                                .matches
+                                .contains(&(s.backend_id, lb4_services::rev_nat_of(v))) =>
                     {
                         problems.push(format!(
-                            "{fe}: slot {slot} names backend {} without an affinity-match entry",
+                            "{fe} ({scope:?}): slot {slot} names backend {} without an affinity-match entry",
                             s.backend_id
                         ))
                     }
@@ -214,7 +242,8 @@ impl FakeMaps {
 
     /// The invariant plus what a completed reconcile leaves: no slot beyond a
     /// frontend's count, no slot without a frontend, slots carry their
-    /// frontend's rev_nat, and no backend or reverse-NAT entry nobody uses.
+    /// frontend's rev_nat, an internal scope only under a two-scopes flag and
+    /// with the same head, and no backend or reverse-NAT entry nobody uses.
     #[track_caller]
     pub fn assert_clean(&self) {
         self.assert_no_violations();
@@ -222,9 +251,23 @@ impl FakeMaps {
         for (k, v) in &self.services {
             if k.backend_slot == 0 {
                 counts.insert(
-                    lb4_services::frontend_of(k).unwrap(),
-                    (v.count, v.rev_nat_index),
+                    (
+                        lb4_services::frontend_of(k).unwrap(),
+                        lb4_services::scope_of(k).unwrap(),
+                    ),
+                    (v.count, v.rev_nat_index, Head::read(v)),
                 );
+            }
+        }
+        for ((fe, scope), (_, rn, head)) in &counts {
+            if *scope == Scope::Internal {
+                let ext = counts.get(&(*fe, Scope::External));
+                assert!(
+                    ext.is_some_and(|(_, _, h)| h.two_scopes()),
+                    "{fe}: an internal scope without two-scopes on the external one"
+                );
+                let (_, ext_rn, ext_head) = ext.unwrap();
+                assert_eq!((rn, head), (ext_rn, ext_head), "{fe}: scopes disagree");
             }
         }
         let mut used_backends = BTreeSet::new();
@@ -232,21 +275,24 @@ impl FakeMaps {
         let mut used_matches = BTreeSet::new();
         for (k, v) in &self.services {
             let fe = lb4_services::frontend_of(k).unwrap();
-            let (count, rn) = counts
-                .get(&fe)
-                .copied()
-                .unwrap_or_else(|| panic!("{fe}: slot {} without a frontend", k.backend_slot));
+            let scope = lb4_services::scope_of(k).unwrap();
+            let (count, rn, head) = counts.get(&(fe, scope)).copied().unwrap_or_else(|| {
+                panic!("{fe} ({scope:?}): slot {} without a frontend", k.backend_slot)
+            });
+            let served = scope == Scope::Internal || !head.two_scopes();
             assert_eq!(v.rev_nat_index, rn, "{fe}: slot {} rev_nat", k.backend_slot);
             if k.backend_slot == 0 {
                 used_rev_nat.insert(lb4_services::rev_nat_of(v));
             } else {
                 assert!(
                     k.backend_slot <= count,
-                    "{fe}: slot {} beyond count {count}",
+                    "{fe} ({scope:?}): slot {} beyond count {count}",
                     k.backend_slot
                 );
                 used_backends.insert(v.backend_id);
-                used_matches.insert((v.backend_id, rn_host(rn)));
+                if served {
+                    used_matches.insert((v.backend_id, rn_host(rn)));
+                }
             }
         }
         let backends: BTreeSet<u32> = self.backends.keys().copied().collect();
@@ -255,19 +301,25 @@ impl FakeMaps {
         assert_eq!(rev_nat, used_rev_nat, "reverse-NAT entries nobody uses");
         assert_eq!(
             self.matches, used_matches,
-            "affinity-match entries must be exactly the slots' (backend, service) pairs"
+            "affinity-match entries must be exactly the served scope's (backend, service) pairs"
         );
     }
 
-    /// The service at `fe` as the datapath sees it.
+    /// The service at `fe` as the datapath sees it (its external scope).
     pub fn view(&self, fe: &L4Addr) -> Option<View> {
-        let v = self.services.get(&lb4_services::key(fe, 0))?;
+        self.view_in(fe, Scope::External)
+    }
+
+    /// One scope of the service at `fe`.
+    pub fn view_in(&self, fe: &L4Addr, scope: Scope) -> Option<View> {
+        let v = self.services.get(&lb4_services::key_in(fe, scope, 0))?;
         let ids: Vec<u32> = (1..=v.count)
-            .map(|s| self.services[&lb4_services::key(fe, s)].backend_id)
+            .map(|s| self.services[&lb4_services::key_in(fe, scope, s)].backend_id)
             .collect();
         Some(View {
             count: v.count,
             rev_nat: lb4_services::rev_nat_of(v),
+            head: Head::read(v),
             backends: ids
                 .iter()
                 .map(|id| lb4_backends::addr_of(&self.backends[id]).unwrap())
@@ -276,11 +328,14 @@ impl FakeMaps {
         })
     }
 
-    /// Every slot key present for `fe`, 0 included.
+    /// Every slot key present for `fe`'s external scope, 0 included.
     pub fn slot_keys(&self, fe: &L4Addr) -> Vec<u16> {
         self.services
             .keys()
-            .filter(|k| lb4_services::frontend_of(k) == Some(*fe))
+            .filter(|k| {
+                lb4_services::frontend_of(k) == Some(*fe)
+                    && lb4_services::scope_of(k) == Some(Scope::External)
+            })
             .map(|k| k.backend_slot)
             .collect()
     }
@@ -322,7 +377,10 @@ fn put_limited<K: Ord + Copy, V: Copy>(
 impl LbMapWriter for FakeMaps {
     fn put_service(&mut self, key: &Lb4Key, value: &Lb4Service) -> Result<(), MapWriteError> {
         let fe = lb4_services::frontend_of(key).expect("the reconciler writes TCP/UDP only");
-        let op = Op::PutService(fe, key.backend_slot);
+        let op = match lb4_services::scope_of(key).expect("a scope we know") {
+            Scope::External => Op::PutService(fe, key.backend_slot),
+            Scope::Internal => Op::PutInternal(fe, key.backend_slot),
+        };
         self.attempt(op.clone(), lash_common::maps::LB4_SERVICES.name, "update")?;
         let r = put_limited(
             &mut self.services,
@@ -336,7 +394,10 @@ impl LbMapWriter for FakeMaps {
     }
     fn del_service(&mut self, key: &Lb4Key) -> Result<(), MapWriteError> {
         let fe = lb4_services::frontend_of(key).expect("the reconciler writes TCP/UDP only");
-        let op = Op::DelService(fe, key.backend_slot);
+        let op = match lb4_services::scope_of(key).expect("a scope we know") {
+            Scope::External => Op::DelService(fe, key.backend_slot),
+            Scope::Internal => Op::DelInternal(fe, key.backend_slot),
+        };
         self.attempt(op.clone(), lash_common::maps::LB4_SERVICES.name, "delete")?;
         self.services.remove(key);
         self.check_invariant(&op);
@@ -427,6 +488,7 @@ impl LbMapWriter for FakeMaps {
 pub struct View {
     pub count: u16,
     pub rev_nat: u16,
+    pub head: Head,
     pub backends: Vec<L4Addr>,
     pub ids: Vec<u32>,
 }

@@ -9,6 +9,7 @@
 
 pub mod ct;
 pub mod ipcache;
+pub mod lb4_affinity;
 pub mod lb4_affinity_match;
 pub mod lb4_backends;
 pub mod lb4_reverse_nat;

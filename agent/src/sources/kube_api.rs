@@ -28,6 +28,7 @@ use crate::{
         api_picture::{ApiPicture, Kind},
         api_watch::{self, ApiEvent},
         index::ServiceIndex,
+        node_context::NodeContext,
     },
     model::{Change, L4Addr},
     state::ApiHealth,
@@ -86,6 +87,12 @@ impl KubeSource {
         }
     }
 
+    /// Translates for `node` (its name, zone and node-port addresses).
+    pub fn with_node(mut self, node: NodeContext) -> Self {
+        self.index = ServiceIndex::new(node);
+        self
+    }
+
     fn state(&self) -> SourceState {
         let mut errors = self.index.errors();
         if let (Some(since), Some(e)) = (self.health.down_since_unix, &self.health.last_error) {
@@ -98,6 +105,7 @@ impl KubeSource {
         SourceState {
             errors,
             warnings: self.index.warnings(),
+            other_proxy: self.index.other_proxy(),
             api: Some(self.health.clone()),
         }
     }

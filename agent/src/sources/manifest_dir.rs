@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::{
     datapath::{self, Command, Outcome, SourceState},
-    k8s::{index::ServiceIndex, manifests::ManifestDir},
+    k8s::{index::ServiceIndex, manifests::ManifestDir, node_context::NodeContext},
     model::Change,
 };
 
@@ -45,6 +45,12 @@ impl ManifestSource {
         }
     }
 
+    /// Translates for `node` (its name, zone and node-port addresses).
+    pub fn with_node(mut self, node: NodeContext) -> Self {
+        self.index = ServiceIndex::new(node);
+        self
+    }
+
     /// Reads what changed on disk; returns the frontend changes it causes.
     fn refresh(&mut self) -> Vec<Change> {
         match self.source.refresh() {
@@ -67,6 +73,7 @@ impl ManifestSource {
         SourceState {
             errors,
             warnings: self.index.warnings(),
+            other_proxy: self.index.other_proxy(),
             api: None,
         }
     }
