@@ -960,6 +960,56 @@ mod tests {
         assert_eq!(dir.index.warnings().len(), 1);
     }
 
+    /// Item 7 and 8 of issue 8's section 2: a Service labelled for another
+    /// proxy is left alone (nothing programmed, no warning, no error) and
+    /// listed as such; without the label it is ours again.
+    #[test]
+    fn another_proxys_service_is_listed_apart_and_left_alone() {
+        let mut dir = Dir::default();
+        let theirs = web().replace(
+            "metadata: {name: web, namespace: shop}",
+            "metadata:\n  name: web\n  namespace: shop\n  labels: {service.kubernetes.io/service-proxy-name: other-proxy}",
+        );
+        assert_ne!(theirs, web(), "the label went in");
+        // SCTP and IPv6 would be warnings on one of ours.
+        let theirs = theirs.replace(
+            "  clusterIP: 10.96.0.20\n",
+            "  clusterIP: 10.96.0.20\n  externalIPs: ['2001:db8::1']\n",
+        );
+        let c = dir.write(
+            "/m/web.yaml",
+            &docs(&[theirs.clone(), web_slice(&[("10.244.0.1", true)])]),
+        );
+        assert!(c.is_empty(), "{c:#?}");
+        assert!(dir.index.desired().is_empty());
+        assert!(dir.index.errors().is_empty());
+        assert!(dir.index.warnings().is_empty());
+        assert_eq!(
+            dir.index.other_proxy(),
+            ["Service shop/web: for another proxy (other-proxy)"]
+        );
+        // The label goes: ours, programmed, and its warning shows.
+        let ours = theirs.replace(
+            "  labels: {service.kubernetes.io/service-proxy-name: other-proxy}\n",
+            "",
+        );
+        let c = dir.write(
+            "/m/web.yaml",
+            &docs(&[ours, web_slice(&[("10.244.0.1", true)])]),
+        );
+        assert_eq!(upserts(&c).len(), 2, "{c:#?}");
+        assert!(dir.index.other_proxy().is_empty());
+        assert_eq!(dir.index.warnings().len(), 1);
+        // Deleted: nothing listed.
+        dir.write(
+            "/m/web.yaml",
+            &docs(&[theirs, web_slice(&[("10.244.0.1", true)])]),
+        );
+        assert_eq!(dir.index.other_proxy().len(), 1);
+        dir.delete("/m/web.yaml");
+        assert!(dir.index.other_proxy().is_empty());
+    }
+
     /// Random edits of a few files: after each, `desired()` is what a full
     /// translate of every object gives, and the frontend changes returned so
     /// far add up to what a full reconcile would program (first name wins).

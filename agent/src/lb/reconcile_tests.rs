@@ -1850,3 +1850,316 @@ fn restart_sweeps_leftover_rev_nat_and_match_entries() {
     let p = picture(&maps);
     assert!(p.orphan_rev_nats.is_empty() && p.orphan_matches.is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// Kinds, policies, two scopes and session affinity (issue 8, section 2)
+// ---------------------------------------------------------------------------
+
+mod scopes {
+    use super::*;
+    use crate::{
+        maps::lb4_services::{Head, Scope},
+        model::TrafficPolicy,
+    };
+    use lash_common::{
+        SVC_FLAG2_INT_LOCAL_SCOPE, SVC_FLAG2_TWO_SCOPES, SVC_FLAG_AFFINITY,
+        SVC_FLAG_EXTERNAL_IP, SVC_FLAG_EXT_LOCAL_SCOPE, SVC_FLAG_LOADBALANCER, SVC_FLAG_NODEPORT,
+        SVC_FLAG_ROUTABLE,
+    };
+
+    fn actives(ns: &[u8]) -> Vec<(L4Addr, BackendState)> {
+        bes(ns).into_iter().map(|b| (b, BackendState::Active)).collect()
+    }
+
+    /// Service "default/NAME" at `frontend` of `kind`, external backends
+    /// `ext`, internal ones `int` (two scopes) if given.
+    fn scoped(
+        name: &str,
+        frontend: L4Addr,
+        kind: ServiceKind,
+        ext: &[u8],
+        int: Option<&[u8]>,
+        policy: TrafficPolicy,
+        affinity: Option<u32>,
+    ) -> DesiredService {
+        DesiredService {
+            internal: int.map(actives),
+            policy,
+            affinity_timeout: affinity,
+            ..DesiredService::plain(format!("default/{name}"), frontend, kind, actives(ext))
+        }
+    }
+
+    const EXT_LOCAL: TrafficPolicy = TrafficPolicy {
+        external_local: true,
+        internal_local: false,
+    };
+    const INT_LOCAL: TrafficPolicy = TrafficPolicy {
+        external_local: false,
+        internal_local: true,
+    };
+    const CLUSTER: TrafficPolicy = TrafficPolicy {
+        external_local: false,
+        internal_local: false,
+    };
+
+    /// Backends of one scope, as a set.
+    fn in_scope(maps: &FakeMaps, fe: &L4Addr, scope: Scope) -> Option<BTreeSet<L4Addr>> {
+        Some(maps.view_in(fe, scope)?.backends.into_iter().collect())
+    }
+
+    /// The datapath serves exactly `desired`, both scopes.
+    #[track_caller]
+    fn assert_serves_scopes(maps: &FakeMaps, desired: &[DesiredService]) {
+        for d in desired {
+            let set = |v: &[(L4Addr, BackendState)]| v.iter().map(|(a, _)| *a).collect();
+            assert_eq!(
+                in_scope(maps, &d.frontend, Scope::External),
+                Some(set(&d.backends)),
+                "{} external",
+                d.name
+            );
+            assert_eq!(
+                in_scope(maps, &d.frontend, Scope::Internal),
+                d.internal.as_deref().map(set),
+                "{} internal",
+                d.name
+            );
+            assert_eq!(maps.view(&d.frontend).unwrap().head, Head::of(d), "{}", d.name);
+        }
+    }
+
+    /// One row per frontend shape: what slot 0 of each scope says, and which
+    /// backends each scope and lb4_affinity_match hold.
+    #[test]
+    fn each_shape_gives_ciliums_entries() {
+        struct Row {
+            what: &'static str,
+            svc: DesiredService,
+            flags: u8,
+            flags2: u8,
+            timeout: u32,
+            ext: &'static [u8],
+            int: Option<&'static [u8]>,
+            /// lb4_affinity_match: the scope connections are served from.
+            matches: &'static [u8],
+        }
+        let np = ServiceKind::NodePort;
+        let rows = [
+            Row {
+                what: "ClusterIP",
+                svc: scoped("a", fe(1), ServiceKind::ClusterIP, &[1, 2], None, CLUSTER, None),
+                flags: 0,
+                flags2: 0,
+                timeout: 0,
+                ext: &[1, 2],
+                int: None,
+                matches: &[1, 2],
+            },
+            Row {
+                what: "ClusterIP, internalTrafficPolicy Local",
+                svc: scoped("a", fe(1), ServiceKind::ClusterIP, &[1], None, INT_LOCAL, None),
+                flags: 0,
+                flags2: SVC_FLAG2_INT_LOCAL_SCOPE,
+                timeout: 0,
+                ext: &[1],
+                int: None,
+                matches: &[1],
+            },
+            Row {
+                what: "NodePort with affinity",
+                svc: scoped("a", fe(1), np, &[1, 2], None, CLUSTER, Some(10800)),
+                flags: SVC_FLAG_NODEPORT | SVC_FLAG_ROUTABLE | SVC_FLAG_AFFINITY,
+                flags2: 0,
+                timeout: 10800,
+                ext: &[1, 2],
+                int: None,
+                matches: &[1, 2],
+            },
+            Row {
+                what: "NodePort, externalTrafficPolicy Local: two scopes",
+                svc: scoped("a", fe(1), np, &[1], Some(&[1, 2, 3]), EXT_LOCAL, None),
+                flags: SVC_FLAG_NODEPORT | SVC_FLAG_ROUTABLE | SVC_FLAG_EXT_LOCAL_SCOPE,
+                flags2: SVC_FLAG2_TWO_SCOPES,
+                timeout: 0,
+                ext: &[1],
+                int: Some(&[1, 2, 3]),
+                matches: &[1, 2, 3],
+            },
+            Row {
+                what: "ExternalIP, internalTrafficPolicy Local, affinity: two scopes",
+                svc: scoped(
+                    "a",
+                    fe(1),
+                    ServiceKind::ExternalIP,
+                    &[1, 2, 3],
+                    Some(&[3]),
+                    INT_LOCAL,
+                    Some(60),
+                ),
+                flags: SVC_FLAG_EXTERNAL_IP | SVC_FLAG_ROUTABLE | SVC_FLAG_AFFINITY,
+                flags2: SVC_FLAG2_TWO_SCOPES | SVC_FLAG2_INT_LOCAL_SCOPE,
+                timeout: 60,
+                ext: &[1, 2, 3],
+                int: Some(&[3]),
+                matches: &[3],
+            },
+            Row {
+                what: "LoadBalancer, Local with no local endpoint: an empty internal scope",
+                svc: scoped("a", fe(1), ServiceKind::LoadBalancer, &[1, 2], Some(&[]), INT_LOCAL, None),
+                flags: SVC_FLAG_LOADBALANCER | SVC_FLAG_ROUTABLE,
+                flags2: SVC_FLAG2_TWO_SCOPES | SVC_FLAG2_INT_LOCAL_SCOPE,
+                timeout: 0,
+                ext: &[1, 2],
+                int: Some(&[]),
+                matches: &[],
+            },
+        ];
+        for r in rows {
+            let (mut rec, mut maps) = fresh();
+            reconcile_ok(&mut rec, &mut maps, std::slice::from_ref(&r.svc));
+            let ext = maps.view_in(&fe(1), Scope::External).unwrap();
+            let want = Head {
+                flags: r.flags,
+                flags2: r.flags2,
+                affinity_timeout: r.timeout,
+            };
+            assert_eq!(ext.head, want, "{}", r.what);
+            assert_eq!(ext.backends, bes(r.ext), "{}", r.what);
+            let slot0 = maps.services[&lb4_services::key(&fe(1), 0)];
+            assert_eq!(slot0.backend_id, r.timeout, "{}: timeout in slot 0", r.what);
+            match r.int {
+                None => assert!(maps.view_in(&fe(1), Scope::Internal).is_none(), "{}", r.what),
+                Some(int) => {
+                    let v = maps.view_in(&fe(1), Scope::Internal).unwrap();
+                    assert_eq!(v.head, want, "{}: both scopes' slot 0 agree", r.what);
+                    assert_eq!(v.rev_nat, ext.rev_nat, "{}", r.what);
+                    assert_eq!(v.backends, bes(int), "{}", r.what);
+                }
+            }
+            let matched: BTreeSet<u32> = maps.matches.iter().map(|(id, _)| *id).collect();
+            let want: BTreeSet<u32> = r
+                .matches
+                .iter()
+                .map(|n| maps.backend_id(&be(*n)).unwrap())
+                .collect();
+            assert_eq!(matched, want, "{}: match entries", r.what);
+            // Every backend of either scope is in lb4_backends.
+            let all: BTreeSet<L4Addr> = maps
+                .backends
+                .values()
+                .map(|b| lb4_backends::addr_of(b).unwrap())
+                .collect();
+            let want: BTreeSet<L4Addr> =
+                bes(r.ext).into_iter().chain(bes(r.int.unwrap_or(&[]))).collect();
+            assert_eq!(all, want, "{}: backends", r.what);
+            // Nothing more to write.
+            maps.take_ops();
+            reconcile_ok(&mut rec, &mut maps, std::slice::from_ref(&r.svc));
+            assert_eq!(maps.take_ops(), Vec::<Op>::new(), "{}: settled", r.what);
+        }
+    }
+
+    /// One scope to two and back, through a reconcile and through
+    /// incremental applies: the internal scope is whole before the flag goes
+    /// on, and the flag is off before the scope goes (the fake checks after
+    /// every write).
+    #[test]
+    fn gaining_and_losing_the_internal_scope_keeps_the_datapath_whole() {
+        let np = ServiceKind::NodePort;
+        let one = scoped("a", fe(1), np, &[1, 2, 3], None, CLUSTER, None);
+        let two = scoped("a", fe(1), np, &[1], Some(&[1, 2, 3, 4]), EXT_LOCAL, None);
+        let two_moved = scoped("a", fe(1), np, &[5], Some(&[2, 4, 5]), EXT_LOCAL, Some(30));
+        let (mut rec, mut maps) = fresh();
+        for step in [&one, &two, &two_moved, &one, &two_moved] {
+            reconcile_ok(&mut rec, &mut maps, std::slice::from_ref(step));
+            assert_serves_scopes(&maps, std::slice::from_ref(step));
+            rec.apply(&[Change::Upsert(step.clone())], &mut maps);
+            maps.assert_clean();
+        }
+        // The flag goes on after the internal slot 0, and off before it goes.
+        let (mut rec, mut maps) = fresh();
+        reconcile_ok(&mut rec, &mut maps, std::slice::from_ref(&one));
+        maps.take_ops();
+        reconcile_ok(&mut rec, &mut maps, std::slice::from_ref(&two));
+        let ops = maps.take_ops();
+        let pos = |op: &Op| ops.iter().position(|o| o == op).unwrap();
+        assert!(pos(&Op::PutInternal(fe(1), 0)) < pos(&Op::PutService(fe(1), 0)), "{ops:?}");
+        reconcile_ok(&mut rec, &mut maps, std::slice::from_ref(&one));
+        let ops = maps.take_ops();
+        let pos = |op: &Op| ops.iter().position(|o| o == op).unwrap();
+        assert!(pos(&Op::PutService(fe(1), 0)) < pos(&Op::DelInternal(fe(1), 0)), "{ops:?}");
+        // Removing it removes both scopes.
+        reconcile_ok(&mut rec, &mut maps, &[]);
+        assert!(maps.services.is_empty());
+        assert!(maps.matches.is_empty());
+    }
+
+    /// A write failing anywhere in a transition between scope shapes leaves
+    /// a datapath that serves, and the next reconcile finishes the job.
+    #[test]
+    fn any_failed_write_between_scope_shapes_is_safe_and_recovered() {
+        let np = ServiceKind::NodePort;
+        let start = [
+            scoped("a", fe(1), np, &[1, 2, 3], None, CLUSTER, None),
+            scoped("b", fe(2), np, &[4], Some(&[4, 5, 6]), EXT_LOCAL, Some(10)),
+        ];
+        let target = [
+            // Gains an internal scope.
+            scoped("a", fe(1), np, &[1], Some(&[1, 2, 7]), EXT_LOCAL, Some(60)),
+            // Loses its internal scope.
+            scoped("b", fe(2), np, &[4, 5], None, CLUSTER, None),
+            // New with two scopes.
+            scoped("c", fe(3), ServiceKind::ExternalIP, &[8, 9], Some(&[9]), INT_LOCAL, None),
+        ];
+        let setup = || {
+            let (mut rec, mut maps) = fresh();
+            reconcile_ok(&mut rec, &mut maps, &start);
+            maps.take_ops();
+            (rec, maps)
+        };
+        let (mut rec, mut maps) = setup();
+        reconcile_ok(&mut rec, &mut maps, &target);
+        assert_serves_scopes(&maps, &target);
+        let writes = maps.take_ops().len();
+        assert!(writes > 20, "a busy transition: {writes} writes");
+        for sticky in [false, true] {
+            for n in 0..writes {
+                let (mut rec, mut maps) = setup();
+                maps.fail_at(n, sticky);
+                let r = rec.reconcile(&target, &mut maps);
+                let ctx = format!("write #{n} failing (sticky: {sticky})");
+                assert!(
+                    maps.violations.is_empty(),
+                    "{ctx}: {}",
+                    maps.violations.join("\n")
+                );
+                assert!(!r.errors.is_empty(), "{ctx}: failure not reported");
+                maps.heal();
+                let r = rec.reconcile(&target, &mut maps);
+                assert!(r.errors.is_empty(), "{ctx}: recovery errors {:?}", r.errors);
+                maps.assert_clean();
+                assert_serves_scopes(&maps, &target);
+                assert_eq!(&picture(&maps), rec.programmed(), "{ctx}");
+                maps.take_ops();
+                rec.reconcile(&target, &mut maps);
+                assert_eq!(maps.take_ops(), Vec::<Op>::new(), "{ctx}: not settled");
+            }
+        }
+    }
+
+    /// A restarted agent reads both scopes back and writes nothing.
+    #[test]
+    fn restart_reads_both_scopes_back() {
+        let desired = [
+            scoped("a", fe(1), ServiceKind::NodePort, &[1], Some(&[1, 2]), EXT_LOCAL, Some(60)),
+            scoped("b", fe(2), ServiceKind::ClusterIP, &[3], None, INT_LOCAL, None),
+        ];
+        let (mut rec, mut maps) = fresh();
+        reconcile_ok(&mut rec, &mut maps, &desired);
+        maps.take_ops();
+        let mut again = Reconciler::new(picture(&maps));
+        reconcile_ok(&mut again, &mut maps, &desired);
+        assert_eq!(maps.take_ops(), Vec::<Op>::new());
+    }
+}
