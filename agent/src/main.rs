@@ -219,6 +219,20 @@ enum LbCmd {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Session affinity (lb4_affinity).
+    Affinity {
+        #[command(subcommand)]
+        cmd: AffinityCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AffinityCmd {
+    /// List each client of a ClientIP-affinity service and its backend.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -294,6 +308,23 @@ fn main() -> anyhow::Result<()> {
             let rows = cli::bpf_lb_list::rows(&maps)?;
             match output {
                 Output::Table => print!("{}", cli::bpf_lb_list::table(&rows)),
+                Output::Json => print_json(&rows)?,
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd:
+                BpfCmd::Lb {
+                    cmd:
+                        LbCmd::Affinity {
+                            cmd: AffinityCmd::List { output },
+                        },
+                },
+        } => {
+            let maps = maps::LbMaps::open_pinned(&cli.bpf_root)?;
+            let rows = cli::bpf_lb_affinity::rows(&cli.bpf_root, &maps)?;
+            match output {
+                Output::Table => print!("{}", cli::bpf_lb_affinity::table(&rows)),
                 Output::Json => print_json(&rows)?,
             }
             Ok(())

@@ -18,7 +18,10 @@ use lash_common::{
     },
     endpoint::{mac_to_u64, EndpointInfo, EndpointKey, ENDPOINT_F_HOST},
     metrics::{MetricsKey, MetricsValue, METRIC_EGRESS, METRIC_INGRESS},
-    Lb4AffinityMatch, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, IPPROTO_TCP, IPPROTO_UDP,
+    Lb4AffinityKey, Lb4AffinityMatch, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4ReverseNat,
+    Lb4Service, IPPROTO_TCP, IPPROTO_UDP, LB_LOOKUP_SCOPE_EXT, LB_LOOKUP_SCOPE_INT,
+    SVC_FLAG2_TWO_SCOPES, SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL_SCOPE, SVC_FLAG_NODEPORT,
+    SVC_FLAG_ROUTABLE,
 };
 use lash_tests::ebpf::{object, PinDir};
 
@@ -376,6 +379,108 @@ impl Harness {
         rn.insert(rev, fe, 0).unwrap();
     }
 
+    /// Writes one scope of a service: slot 0 with `flags`, `flags2` and the
+    /// affinity `timeout`, then one slot per backend id. Backends, rev-NAT
+    /// and match entries are `backends`' and `matches`' to write.
+    #[allow(clippy::too_many_arguments)]
+    fn scope(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        rev: u16,
+        scope: u8,
+        (flags, flags2, timeout): (u8, u8, u32),
+        ids: &[u32],
+    ) {
+        let mut svcs: HashMap<_, Lb4Key, Lb4Service> =
+            HashMap::try_from(self.ebpf.map_mut("lb4_services").unwrap()).unwrap();
+        let key = |slot| Lb4Key {
+            address: be32(vip),
+            dport: be16(port),
+            backend_slot: slot,
+            proto: IPPROTO_TCP,
+            scope,
+            pad: [0; 2],
+        };
+        let fe = Lb4Service {
+            backend_id: timeout,
+            count: ids.len() as u16,
+            rev_nat_index: rev.to_be(),
+            flags,
+            flags2,
+            qcount: 0,
+        };
+        svcs.insert(key(0), fe, 0).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let slot = Lb4Service {
+                backend_id: *id,
+                rev_nat_index: rev.to_be(),
+                ..Default::default()
+            };
+            svcs.insert(key(i as u16 + 1), slot, 0).unwrap();
+        }
+    }
+
+    /// TCP backends `(id, address)` on port 8080, members of service `rev`
+    /// when `member`.
+    fn backends(&mut self, rev: u16, backends: &[(u32, Ipv4Addr)], member: bool) {
+        {
+            let mut bes: HashMap<_, u32, Lb4Backend> =
+                HashMap::try_from(self.ebpf.map_mut("lb4_backends").unwrap()).unwrap();
+            for (id, ip) in backends {
+                let be = Lb4Backend {
+                    address: be32(*ip),
+                    port: be16(8080),
+                    proto: IPPROTO_TCP,
+                    ..Default::default()
+                };
+                bes.insert(*id, be, 0).unwrap();
+            }
+        }
+        let mut m: HashMap<_, Lb4AffinityMatch, u8> =
+            HashMap::try_from(self.ebpf.map_mut("lb4_affinity_match").unwrap()).unwrap();
+        for (id, _) in backends {
+            let k = Lb4AffinityMatch {
+                backend_id: *id,
+                rev_nat_id: rev.to_be(),
+                pad: 0,
+            };
+            if member {
+                m.insert(k, 0, 0).unwrap();
+            } else {
+                let _ = m.remove(&k);
+            }
+        }
+    }
+
+    fn rev_nat(&mut self, rev: u16, vip: Ipv4Addr, port: u16) {
+        let mut rn: HashMap<_, u16, Lb4ReverseNat> =
+            HashMap::try_from(self.ebpf.map_mut("lb4_reverse_nat").unwrap()).unwrap();
+        let fe = Lb4ReverseNat {
+            address: be32(vip),
+            port: be16(port),
+        };
+        rn.insert(rev.to_be(), fe, 0).unwrap();
+    }
+
+    /// The affinity entry of client address `client` for service `rev`.
+    fn affinity(&self, client: Ipv4Addr, rev: u16) -> Option<Lb4AffinityValue> {
+        let m: HashMap<_, Lb4AffinityKey, Lb4AffinityValue> =
+            HashMap::try_from(self.ebpf.map("lb4_affinity").unwrap()).unwrap();
+        m.get(&affinity_key(client, rev), 0).ok()
+    }
+
+    fn set_affinity(&mut self, client: Ipv4Addr, rev: u16, backend_id: u32, last_used: u64) {
+        let mut m: HashMap<_, Lb4AffinityKey, Lb4AffinityValue> =
+            HashMap::try_from(self.ebpf.map_mut("lb4_affinity").unwrap()).unwrap();
+        let v = Lb4AffinityValue {
+            last_used,
+            backend_id,
+            pad: 0,
+        };
+        m.insert(affinity_key(client, rev), v, 0).unwrap();
+    }
+
     fn services(&mut self) {
         self.service(VIP, 80, IPPROTO_TCP, 1, &[(1, B_IP, 8080)]);
         self.service(VIP, 53, IPPROTO_UDP, 2, &[(2, B_IP, 5353)]);
@@ -426,6 +531,19 @@ impl Harness {
         let m: HashMap<_, Ipv4CtTuple, CtEntry> =
             HashMap::try_from(self.ebpf.map(map).unwrap()).unwrap();
         m.get(key, 0).ok()
+    }
+}
+
+/// The per-packet path's affinity key: the client's address bytes first.
+fn affinity_key(client: Ipv4Addr, rev: u16) -> Lb4AffinityKey {
+    let mut id = [0u8; 8];
+    id[..4].copy_from_slice(&client.octets());
+    Lb4AffinityKey {
+        client_id: u64::from_ne_bytes(id),
+        rev_nat_id: rev.to_be(),
+        flags: 0,
+        pad1: 0,
+        pad2: 0,
     }
 }
 
@@ -800,4 +918,117 @@ fn destinations_off_the_node_or_on_the_node_itself_go_to_the_stack() {
             )
         )
         .is_some());
+}
+
+/// A node port (the node's address) with externalTrafficPolicy=Local and
+/// internalTrafficPolicy=Cluster: two scopes. A pod's packet is traffic from
+/// inside, so it gets the internal scope's backends, never the external
+/// scope's; a two-scope frontend whose internal scope is missing drops
+/// instead of leaving untranslated.
+#[test]
+fn a_node_port_is_served_from_its_internal_scope() {
+    let mut h = Harness::new("lxc-nodeport");
+    let head = (
+        SVC_FLAG_NODEPORT | SVC_FLAG_ROUTABLE | SVC_FLAG_EXT_LOCAL_SCOPE,
+        SVC_FLAG2_TWO_SCOPES,
+        0,
+    );
+    // External scope: pod B only (this node's); internal: the remote three.
+    h.backends(20, &[(20, B_IP)], false);
+    let remote: Vec<(u32, Ipv4Addr)> = REMOTE_BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (21 + i as u32, *ip))
+        .collect();
+    h.backends(20, &remote, true);
+    h.rev_nat(20, NODE_IP, 30080);
+    let ids: Vec<u32> = remote.iter().map(|(id, _)| *id).collect();
+    h.scope(NODE_IP, 30080, 20, LB_LOOKUP_SCOPE_INT, head, &ids);
+    h.scope(NODE_IP, 30080, 20, LB_LOOKUP_SCOPE_EXT, head, &[20]);
+    let mut used = HashSet::new();
+    for sport in 42000..42030u16 {
+        let (verdict, out) = h.run_from(&tcp(A_IP, sport, NODE_IP, 30080, TCP_SYN));
+        assert_eq!(verdict, TC_ACT_OK, "remote backends go to the stack");
+        let o = decode(&out);
+        assert!(REMOTE_BACKENDS.contains(&o.dst), "{o:?}");
+        assert_eq!(o.dport, 8080);
+        used.insert(o.dst);
+    }
+    assert!(used.len() > 1, "30 flows all went to {used:?}");
+
+    // The internal scope gone with the flag still set: dropped (158).
+    let mut svcs: HashMap<_, Lb4Key, Lb4Service> =
+        HashMap::try_from(h.ebpf.map_mut("lb4_services").unwrap()).unwrap();
+    let int0 = Lb4Key {
+        address: be32(NODE_IP),
+        dport: be16(30080),
+        backend_slot: 0,
+        proto: IPPROTO_TCP,
+        scope: LB_LOOKUP_SCOPE_INT,
+        pad: [0; 2],
+    };
+    svcs.remove(&int0).unwrap();
+    let dropped = h.metric(158, METRIC_EGRESS);
+    let (verdict, _) = h.run_from(&tcp(A_IP, 42100, NODE_IP, 30080, TCP_SYN));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(h.metric(158, METRIC_EGRESS), dropped + 1);
+}
+
+/// ClientIP affinity on the per-packet path: a client's new flows go to the
+/// backend it got last, while that backend is in the service and the
+/// timeout has not passed; the entry is keyed by the client's address.
+#[test]
+fn client_affinity_holds_new_flows_while_valid() {
+    let mut h = Harness::new("lxc-affinity");
+    let vip = Ipv4Addr::new(10, 96, 0, 30);
+    let remote: Vec<(u32, Ipv4Addr)> = REMOTE_BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (31 + i as u32, *ip))
+        .collect();
+    let ids: Vec<u32> = remote.iter().map(|(id, _)| *id).collect();
+    h.backends(30, &remote, true);
+    h.rev_nat(30, vip, 80);
+    h.scope(vip, 80, 30, LB_LOOKUP_SCOPE_EXT, (SVC_FLAG_AFFINITY, 0, 60), &ids);
+    let backend_of = |h: &Harness, sport| {
+        let (verdict, out) = h.run_from(&tcp(A_IP, sport, vip, 80, TCP_SYN));
+        assert_eq!(verdict, TC_ACT_OK);
+        decode(&out).dst
+    };
+
+    // Thirty new flows of one client: one backend, remembered by address.
+    let first = backend_of(&h, 43000);
+    for sport in 43001..43030u16 {
+        assert_eq!(backend_of(&h, sport), first, "flow {sport}");
+    }
+    let entry = h.affinity(A_IP, 30).expect("an entry keyed by the client's address");
+    let first_id = remote.iter().find(|(_, ip)| *ip == first).unwrap().0;
+    assert_eq!(entry.backend_id, first_id);
+    let now = u64::from(monotonic_secs());
+    assert!(entry.last_used.abs_diff(now) <= 2, "{entry:?} vs {now}");
+
+    // A valid entry the client did not make itself is honoured too.
+    let other = remote.iter().find(|(_, ip)| *ip != first).unwrap();
+    h.set_affinity(A_IP, 30, other.0, now);
+    for sport in 43100..43110u16 {
+        assert_eq!(backend_of(&h, sport), other.1);
+    }
+
+    // Expired (older than the timeout): a fresh random choice, so over ten
+    // tries not always the old backend.
+    let mut moved = false;
+    for i in 0..10u16 {
+        h.set_affinity(A_IP, 30, other.0, now - 600);
+        moved |= backend_of(&h, 43200 + i) != other.1;
+    }
+    assert!(moved, "an expired affinity was honoured ten times");
+
+    // The backend left the service (no match entry): not honoured either.
+    let mut moved = false;
+    h.backends(30, &[*other], false);
+    for i in 0..10u16 {
+        h.set_affinity(A_IP, 30, other.0, now);
+        moved |= backend_of(&h, 43300 + i) != other.1;
+    }
+    assert!(moved, "a backend out of the service was kept ten times");
 }

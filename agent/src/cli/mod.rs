@@ -4,6 +4,7 @@
 pub mod bpf_ct_metrics;
 pub mod bpf_endpoint_list;
 pub mod bpf_ipcache;
+pub mod bpf_lb_affinity;
 pub mod bpf_lb_list;
 pub mod endpoint_list;
 pub mod service_list;

@@ -1,23 +1,34 @@
 //! `agent service list`: one line per frontend with its ID (the reverse-NAT
-//! index) and numbered backends, like `cilium service list`.
+//! index), its type and numbered backends, like `cilium service list`. A
+//! two-scope service lists its internal scope's backends after the external
+//! ones, marked: those are the ones connections from inside get.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::maps::{lb4_backends, lb4_reverse_nat, lb4_services, LbMaps, MapsError};
+use crate::maps::{
+    lb4_backends, lb4_reverse_nat,
+    lb4_services::{self, Scope},
+    LbMaps, MapsError,
+};
 
 #[derive(Debug, Serialize)]
 pub struct Service {
     pub id: u16,
     pub frontend: String,
     #[serde(rename = "type")]
-    pub type_: &'static str,
+    pub type_: String,
+    /// Cilium's words for the frontend's flags (policies, scopes, affinity).
+    pub flags: Vec<&'static str>,
     pub backends: Vec<Backend>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Backend {
+    /// "external" or "internal" (the backend set of traffic from inside the
+    /// cluster, for a service with two scopes).
+    pub scope: &'static str,
     pub slot: u16,
     pub id: u32,
     pub address: String,
@@ -35,32 +46,41 @@ pub fn services(maps: &LbMaps) -> Result<Vec<Service>, MapsError> {
     let mut by_fe: BTreeMap<crate::model::L4Addr, Service> = BTreeMap::new();
     let mut slots = Vec::new();
     for (k, v) in maps.services_entries()? {
-        let Some(fe) = lb4_services::frontend_of(&k) else {
+        let (Some(fe), Some(scope)) = (lb4_services::frontend_of(&k), lb4_services::scope_of(&k))
+        else {
             continue;
         };
         if k.backend_slot == 0 {
+            if scope == Scope::Internal {
+                continue; // the external slot 0 speaks for the service
+            }
             let id = lb4_services::rev_nat_of(&v);
             // A frontend whose reverse-NAT entry disagrees is shown, marked.
             let consistent = rev.get(&id) == Some(&(fe.ip, fe.port));
+            let type_ = super::bpf_lb_list::type_name(v.flags);
+            let mut flags = super::bpf_lb_list::flag_names(v.flags, v.flags2);
+            flags.remove(0);
+            flags.retain(|f| *f != "non-routable");
             by_fe.insert(
                 fe,
                 Service {
                     id,
                     frontend: fe.to_string(),
                     type_: if consistent {
-                        "ClusterIP"
+                        type_.to_string()
                     } else {
-                        "ClusterIP (revnat missing)"
+                        format!("{type_} (revnat missing)")
                     },
+                    flags,
                     backends: Vec::new(),
                 },
             );
         } else {
-            slots.push((fe, k.backend_slot, v.backend_id));
+            slots.push((fe, scope, k.backend_slot, v.backend_id));
         }
     }
     slots.sort();
-    for (fe, slot, id) in slots {
+    for (fe, scope, slot, id) in slots {
         let Some(svc) = by_fe.get_mut(&fe) else {
             continue;
         };
@@ -74,6 +94,10 @@ pub fn services(maps: &LbMaps) -> Result<Vec<Service>, MapsError> {
             None => (String::new(), "missing"),
         };
         svc.backends.push(Backend {
+            scope: match scope {
+                Scope::External => "external",
+                Scope::Internal => "internal",
+            },
             slot,
             id,
             address,
@@ -87,9 +111,22 @@ pub fn services(maps: &LbMaps) -> Result<Vec<Service>, MapsError> {
 
 pub fn table(services: &[Service]) -> String {
     let mut out = String::new();
+    // Columns as wide as their longest entry (node-port frontends are long).
+    let fw = services
+        .iter()
+        .map(|s| s.frontend.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(24);
+    let tw = services
+        .iter()
+        .map(|s| s.type_.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(15);
     let _ = writeln!(
         out,
-        "{:<5}{:<24}{:<15}Backend",
+        "{:<5}{:<fw$}{:<tw$}Backend",
         "ID", "Frontend", "Service Type"
     );
     for s in services {
@@ -99,15 +136,22 @@ pub fn table(services: &[Service]) -> String {
         } else {
             s.backends
                 .iter()
-                .map(|b| format!("{} => {} ({})", b.slot, b.address, b.state))
+                .map(|b| {
+                    let internal = if b.scope == "internal" {
+                        " [internal]"
+                    } else {
+                        ""
+                    };
+                    format!("{} => {} ({}){internal}", b.slot, b.address, b.state)
+                })
                 .collect()
         };
         for l in lines {
             if first {
-                let _ = writeln!(out, "{:<5}{:<24}{:<15}{}", s.id, s.frontend, s.type_, l);
+                let _ = writeln!(out, "{:<5}{:<fw$}{:<tw$}{}", s.id, s.frontend, s.type_, l);
                 first = false;
             } else {
-                let _ = writeln!(out, "{:<5}{:<24}{:<15}{}", "", "", "", l);
+                let _ = writeln!(out, "{:<5}{:<fw$}{:<tw$}{}", "", "", "", l);
             }
         }
     }
