@@ -130,6 +130,7 @@ pub struct DesiredService {
 
 impl DesiredService {
     /// A frontend with one scope, no policy and no affinity.
+    #[cfg(test)]
     pub fn plain(
         name: String,
         frontend: L4Addr,

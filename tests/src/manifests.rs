@@ -76,17 +76,24 @@ ports:
     )
 }
 
-/// The `service` above as a NodePort Service (the HTTP port on node port
-/// `node_port`) with ClientIP session affinity: two fields lash does not
-/// serve yet, on a Service whose ClusterIP it does.
-pub fn sticky_node_port_service(name: &str, vip: Ipv4Addr, node_port: u16) -> String {
+/// The `service` above with fields lash does not serve yet on a Service
+/// whose ClusterIP it does: an SCTP port and an IPv6 external IP.
+pub fn service_with_unserved_fields(name: &str, vip: Ipv4Addr) -> String {
     service(name, vip)
         .replace(
             "  type: ClusterIP\n",
-            "  type: NodePort\n  sessionAffinity: ClientIP\n",
+            "  type: ClusterIP\n  externalIPs: ['2001:db8::10']\n",
         )
         .replace(
-            "    targetPort: http\n",
-            &format!("    targetPort: http\n    nodePort: {node_port}\n"),
+            "    targetPort: 5353\n",
+            "    targetPort: 5353\n  - name: sig\n    port: 3868\n    protocol: SCTP\n",
         )
+}
+
+/// The `service` above labelled for another proxy: not ours to serve.
+pub fn other_proxy_service(name: &str, vip: Ipv4Addr, proxy: &str) -> String {
+    service(name, vip).replace(
+        "  namespace: default\n",
+        &format!("  namespace: default\n  labels:\n    service.kubernetes.io/service-proxy-name: {proxy}\n"),
+    )
 }

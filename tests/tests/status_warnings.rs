@@ -1,11 +1,14 @@
 //! `agent status` names, per Service, the fields lash does not serve yet,
-//! while the part of the Service it does serve (the ClusterIP) still works.
+//! while the part of the Service it does serve (the ClusterIP) still works;
+//! a Service labelled for another proxy is listed apart and left alone.
 //! Needs root; `cargo xtask test` runs it.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use lash_tests::{
-    manifests::{endpoint_slice, service, sticky_node_port_service, Cond},
+    manifests::{
+        endpoint_slice, other_proxy_service, service, service_with_unserved_fields, Cond,
+    },
     sandbox::Sandbox,
 };
 use serde_json::Value;
@@ -31,8 +34,13 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
         "web.yaml",
         &format!(
             "{}---\n{slice}",
-            sticky_node_port_service("web", VIP, 30080)
+            service_with_unserved_fields("web", VIP)
         ),
+    )
+    .expect("manifest");
+    sb.write_manifest(
+        "theirs.yaml",
+        &other_proxy_service("theirs", Ipv4Addr::new(10, 96, 0, 99), "other-proxy"),
     )
     .expect("manifest");
     sb.start_agent(&[]).expect("agent");
@@ -44,8 +52,11 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
         .skip_while(|l| !l.starts_with("Warnings:"))
         .collect();
     assert_eq!(block.first(), Some(&"Warnings:"), "{table}");
-    for field in ["spec.sessionAffinity=ClientIP", "spec.type=NodePort"] {
-        let want = format!("  Service default/web: {field} is not served yet");
+    for field in [
+        "spec.ports[].protocol=SCTP is not served",
+        "spec.ipFamilies/clusterIPs/externalIPs: IPv6 is not served yet",
+    ] {
+        let want = format!("  Service default/web: {field}");
         assert!(
             block.iter().any(|l| l.starts_with(&want)),
             "no line starting {want:?} under Warnings:\n{table}\nagent log:\n{}",
@@ -60,6 +71,17 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
         .iter()
         .all(|w| w.starts_with("Service default/web: ")));
     assert_eq!(strings(&status["errors"]), Vec::<String>::new());
+    // Another proxy's Service: listed apart, neither warned nor programmed.
+    assert_eq!(
+        strings(&status["other_proxy"]),
+        ["Service default/theirs: for another proxy (other-proxy)"]
+    );
+    assert!(
+        table.contains("Left alone:\n  Service default/theirs: for another proxy (other-proxy)\n"),
+        "{table}"
+    );
+    let list = sb.agent_cli(&["bpf", "lb", "list"]).unwrap();
+    assert!(!list.contains("10.96.0.99"), "{list}");
 
     // The ClusterIP is served, balanced per connection (no client affinity):
     // 30 connects from one client reach more than one of the three pods.
