@@ -12,7 +12,8 @@ use crate::{
     lb::{programmed::Programmed, slots::assign_slots},
     maps::{
         fake::{FakeMaps, Op, View},
-        lb4_backends, lb4_reverse_nat, lb4_services,
+        lb4_backends, lb4_reverse_nat,
+        lb4_services::{self, Scope},
     },
     model::{BackendState, Change, DesiredService, L4Addr, Proto, ServiceKind},
 };
@@ -1161,15 +1162,16 @@ fn assert_settled(rec: &mut Reconciler, maps: &mut FakeMaps, desired: &[DesiredS
 impl FakeMaps {
     /// What the maps serve, ids left out: frontend -> its backends with their
     /// states, sorted (a multiset).
-    fn served(&self) -> BTreeMap<L4Addr, Vec<(L4Addr, BackendState)>> {
+    fn served(&self) -> BTreeMap<(L4Addr, Scope), Vec<(L4Addr, BackendState)>> {
         self.services
             .iter()
             .filter(|(k, _)| k.backend_slot == 0)
             .map(|(k, v)| {
                 let fe = lb4_services::frontend_of(k).unwrap();
+                let scope = lb4_services::scope_of(k).unwrap();
                 let mut b: Vec<(L4Addr, BackendState)> = (1..=v.count)
                     .map(|s| {
-                        let id = self.services[&lb4_services::key(&fe, s)].backend_id;
+                        let id = self.services[&lb4_services::key_in(&fe, scope, s)].backend_id;
                         let be = &self.backends[&id];
                         (
                             lb4_backends::addr_of(be).unwrap(),
@@ -1178,7 +1180,7 @@ impl FakeMaps {
                     })
                     .collect();
                 b.sort();
-                (fe, b)
+                ((fe, scope), b)
             })
             .collect()
     }
@@ -1199,25 +1201,30 @@ impl FakeMaps {
 }
 
 /// What `desired` (one service per frontend) must look like in the maps,
-/// worked out without the reconciler: each service's backends deduplicated
+/// worked out without the reconciler: each scope's backends deduplicated
 /// (first mention wins), and a backend active if any service has it active.
-fn expected_served(desired: &[DesiredService]) -> BTreeMap<L4Addr, Vec<(L4Addr, BackendState)>> {
-    let mut lists: BTreeMap<L4Addr, Vec<(L4Addr, BackendState)>> = BTreeMap::new();
+fn expected_served(
+    desired: &[DesiredService],
+) -> BTreeMap<(L4Addr, Scope), Vec<(L4Addr, BackendState)>> {
+    let mut lists: BTreeMap<(L4Addr, Scope), Vec<(L4Addr, BackendState)>> = BTreeMap::new();
     let mut active: BTreeSet<L4Addr> = BTreeSet::new();
     for d in desired {
-        let mut seen = BTreeSet::new();
-        let list: Vec<(L4Addr, BackendState)> = d
-            .backends
-            .iter()
-            .filter(|(a, _)| seen.insert(*a))
-            .copied()
-            .collect();
-        active.extend(
-            list.iter()
-                .filter(|(_, s)| *s == BackendState::Active)
-                .map(|(a, _)| *a),
-        );
-        lists.insert(d.frontend, list);
+        let scopes = [(Scope::External, Some(&d.backends)), (Scope::Internal, d.internal.as_ref())];
+        for (scope, backends) in scopes {
+            let Some(backends) = backends else { continue };
+            let mut seen = BTreeSet::new();
+            let list: Vec<(L4Addr, BackendState)> = backends
+                .iter()
+                .filter(|(a, _)| seen.insert(*a))
+                .copied()
+                .collect();
+            active.extend(
+                list.iter()
+                    .filter(|(_, s)| *s == BackendState::Active)
+                    .map(|(a, _)| *a),
+            );
+            lists.insert((d.frontend, scope), list);
+        }
     }
     lists
         .into_iter()
@@ -1411,6 +1418,7 @@ fn apply_equals_full_reconcile_on_random_edits() {
 
     let mut shared_mixed_steps = 0;
     let mut state_only_steps = 0;
+    let mut two_scope_steps = 0;
     for seed in [0x2545_f491_4f6c_dd1d_u64, 7, 0xdead_beef, 42] {
         let mut rng = XorShift(seed);
         let (mut inc_rec, mut inc) = fresh();
@@ -1475,6 +1483,26 @@ fn apply_equals_full_reconcile_on_random_edits() {
                             BackendState::Terminating => BackendState::Active,
                         };
                     }
+                    // Another scope shape: an internal backend set gained
+                    // or lost, with other flags and affinity.
+                    9 if rng.chance(60) => {
+                        only_states = false;
+                        d.internal = if d.internal.is_some() {
+                            None
+                        } else {
+                            let n = rng.below(5);
+                            Some((0..n).map(|_| random_backend(&mut rng)).collect())
+                        };
+                        d.kind = if d.internal.is_some() {
+                            ServiceKind::NodePort
+                        } else {
+                            ServiceKind::ClusterIP
+                        };
+                        d.policy.external_local = d.internal.is_some() && rng.chance(50);
+                        d.policy.internal_local =
+                            d.internal.is_some() && !d.policy.external_local;
+                        d.affinity_timeout = rng.chance(50).then_some(60);
+                    }
                     _ => d.backends.reverse(), // same set, other order
                 }
                 desired.insert(f, d);
@@ -1518,7 +1546,8 @@ fn apply_equals_full_reconcile_on_random_edits() {
 
             let mut users: BTreeMap<L4Addr, BTreeSet<BackendState>> = BTreeMap::new();
             for d in &want {
-                for (a, s) in &d.backends {
+                two_scope_steps += usize::from(d.internal.is_some());
+                for (a, s) in d.backends.iter().chain(d.internal.iter().flatten()) {
                     users.entry(*a).or_default().insert(*s);
                 }
             }
@@ -1535,6 +1564,7 @@ fn apply_equals_full_reconcile_on_random_edits() {
     // The walk went where it matters.
     assert!(shared_mixed_steps > 100, "{shared_mixed_steps}");
     assert!(state_only_steps > 20, "{state_only_steps}");
+    assert!(two_scope_steps > 300, "{two_scope_steps}");
 }
 
 #[test]
@@ -1858,7 +1888,7 @@ fn restart_sweeps_leftover_rev_nat_and_match_entries() {
 mod scopes {
     use super::*;
     use crate::{
-        maps::lb4_services::{Head, Scope},
+        maps::lb4_services::Head,
         model::TrafficPolicy,
     };
     use lash_common::{
