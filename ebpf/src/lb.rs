@@ -118,7 +118,11 @@ pub fn affinity_client(svc: &Lb4Service, client_id: u64, netns: bool) -> Option<
 /// service's timeout (slot 0's `backend_id`) has not passed since its last new
 /// connection, and the backend is still one of the service's.
 #[inline(always)]
-fn affinity_backend(client: &Lb4AffinityKey, svc: &Lb4Service, now: u64) -> Option<(u32, Lb4Backend)> {
+fn affinity_backend(
+    client: &Lb4AffinityKey,
+    svc: &Lb4Service,
+    now: u64,
+) -> Option<(u32, Lb4Backend)> {
     // SAFETY: the value is copied out at once.
     let v = unsafe { LB4_AFFINITY.get(client) }.copied()?;
     if v.last_used + u64::from(svc.backend_id) <= now {

@@ -989,7 +989,14 @@ fn client_affinity_holds_new_flows_while_valid() {
     let ids: Vec<u32> = remote.iter().map(|(id, _)| *id).collect();
     h.backends(30, &remote, true);
     h.rev_nat(30, vip, 80);
-    h.scope(vip, 80, 30, LB_LOOKUP_SCOPE_EXT, (SVC_FLAG_AFFINITY, 0, 60), &ids);
+    h.scope(
+        vip,
+        80,
+        30,
+        LB_LOOKUP_SCOPE_EXT,
+        (SVC_FLAG_AFFINITY, 0, 60),
+        &ids,
+    );
     let backend_of = |h: &Harness, sport| {
         let (verdict, out) = h.run_from(&tcp(A_IP, sport, vip, 80, TCP_SYN));
         assert_eq!(verdict, TC_ACT_OK);
@@ -1001,7 +1008,9 @@ fn client_affinity_holds_new_flows_while_valid() {
     for sport in 43001..43030u16 {
         assert_eq!(backend_of(&h, sport), first, "flow {sport}");
     }
-    let entry = h.affinity(A_IP, 30).expect("an entry keyed by the client's address");
+    let entry = h
+        .affinity(A_IP, 30)
+        .expect("an entry keyed by the client's address");
     let first_id = remote.iter().find(|(_, ip)| *ip == first).unwrap().0;
     assert_eq!(entry.backend_id, first_id);
     let now = u64::from(monotonic_secs());

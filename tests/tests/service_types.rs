@@ -149,14 +149,23 @@ fn node_port_is_reached_on_loopback_and_on_node_addresses() {
         }
     }
     // The pods' gateway is a node address too.
-    assert_eq!(backends(&tcp(&sb, &format!("169.254.1.1:{NODE_PORT}"), 3)).values().sum::<usize>(), 3);
+    assert_eq!(
+        backends(&tcp(&sb, &format!("169.254.1.1:{NODE_PORT}"), 3))
+            .values()
+            .sum::<usize>(),
+        3
+    );
     // The UDP node port, and the ClusterIP as before.
     for l in sb.probe("udp", "127.0.0.1:30053", 3).unwrap() {
         assert_eq!(l["ok"], true, "{l}");
         assert_eq!(l["from"], "127.0.0.1:30053", "{l}");
     }
     assert_eq!(backends(&tcp(&sb, HTTP, 5)).values().sum::<usize>(), 5);
-    assert_eq!(sb.sink_tx_packets().unwrap(), 0, "a packet left with the VIP");
+    assert_eq!(
+        sb.sink_tx_packets().unwrap(),
+        0,
+        "a packet left with the VIP"
+    );
 
     // The listings name the type as Cilium's do.
     let list = sb.agent_cli(&["bpf", "lb", "list"]).unwrap();
@@ -177,7 +186,13 @@ fn node_port_is_reached_on_loopback_and_on_node_addresses() {
             .clone()
     };
     assert_eq!(of(&format!("{node}/TCP"))["type"], "NodePort");
-    assert_eq!(of(&format!("{node}/TCP"))["backends"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        of(&format!("{node}/TCP"))["backends"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(of("10.96.0.10:80/TCP")["type"], "ClusterIP");
     let status = sb.status_json();
     assert_eq!(status["warnings"], serde_json::json!([]), "{status}");
@@ -201,7 +216,8 @@ fn node_port_is_reached_on_loopback_and_on_node_addresses() {
 
 #[test]
 fn session_affinity_sticks_each_client_to_one_backend() {
-    let sticky = "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n";
+    let sticky =
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n";
     let mut sb = sandbox("affinity", 3, sticky);
     sb.start_agent(&[]).expect("agent");
     let lo = format!("127.0.0.1:{NODE_PORT}");
@@ -226,7 +242,8 @@ fn session_affinity_sticks_each_client_to_one_backend() {
     let rows = aff.as_array().unwrap();
     assert!(rows.len() >= 2, "{aff}");
     assert!(
-        rows.iter().all(|r| r["client"].as_str().unwrap().starts_with("netns:")),
+        rows.iter()
+            .all(|r| r["client"].as_str().unwrap().starts_with("netns:")),
         "socket LB keys clients by namespace: {aff}"
     );
     let http_row = rows
@@ -266,12 +283,19 @@ fn traffic_policies_local_use_this_nodes_endpoints_from_inside() {
     // where every socket here is) the node port reach pod-1 only.
     for addr in [HTTP, lo.as_str()] {
         let seen = backends(&tcp(&sb, addr, 20));
-        assert_eq!(seen.keys().collect::<Vec<_>>(), ["pod-1"], "{addr}: {seen:?}");
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            ["pod-1"],
+            "{addr}: {seen:?}"
+        );
     }
     // The node port has two scopes: external all three, internal pod-1.
     let list = sb.agent_cli(&["bpf", "lb", "list"]).unwrap();
     let l = lb_line(&list, &format!("{lo}/TCP")).unwrap();
-    assert!(l.contains("NodePort") && l.contains("InternalLocal") && l.contains("two-scopes"), "{l}");
+    assert!(
+        l.contains("NodePort") && l.contains("InternalLocal") && l.contains("two-scopes"),
+        "{l}"
+    );
     assert!(lb_line(&list, &format!("{lo}/TCP/i")).is_some(), "{list}");
 
     // externalTrafficPolicy Local instead: from inside, the node port uses
@@ -286,16 +310,23 @@ fn traffic_policies_local_use_this_nodes_endpoints_from_inside() {
     );
     let seen = backends(&tcp(&sb, &lo, 30));
     assert_eq!(seen.len(), 3, "{seen:?}");
-    let l = lb_line(&sb.agent_cli(&["bpf", "lb", "list"]).unwrap(), &format!("{lo}/TCP")).unwrap();
+    let l = lb_line(
+        &sb.agent_cli(&["bpf", "lb", "list"]).unwrap(),
+        &format!("{lo}/TCP"),
+    )
+    .unwrap();
     assert!(l.contains("Local") && l.contains("two-scopes"), "{l}");
 
     // Local with no endpoint on this node: refused at once, as kube-proxy
     // drops it; nothing leaves towards the VIP.
-    let elsewhere: Vec<(Ipv4Addr, &str)> =
-        sb.pods.iter().map(|p| (p.ip, "node-b")).collect();
+    let elsewhere: Vec<(Ipv4Addr, &str)> = sb.pods.iter().map(|p| (p.ip, "node-b")).collect();
     edit(
         &sb,
-        &format!("{}---\n{}", web("  internalTrafficPolicy: Local\n"), slice(&elsewhere)),
+        &format!(
+            "{}---\n{}",
+            web("  internalTrafficPolicy: Local\n"),
+            slice(&elsewhere)
+        ),
     );
     for addr in [HTTP, lo.as_str()] {
         for l in tcp(&sb, addr, 3) {

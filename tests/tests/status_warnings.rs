@@ -6,9 +6,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use lash_tests::{
-    manifests::{
-        endpoint_slice, other_proxy_service, service, service_with_unserved_fields, Cond,
-    },
+    manifests::{endpoint_slice, other_proxy_service, service, service_with_unserved_fields, Cond},
     sandbox::Sandbox,
 };
 use serde_json::Value;
@@ -32,10 +30,7 @@ fn ignored_fields_are_warned_per_service_and_the_cluster_ip_still_works() {
     let slice = endpoint_slice("web", &ips);
     sb.write_manifest(
         "web.yaml",
-        &format!(
-            "{}---\n{slice}",
-            service_with_unserved_fields("web", VIP)
-        ),
+        &format!("{}---\n{slice}", service_with_unserved_fields("web", VIP)),
     )
     .expect("manifest");
     sb.write_manifest(

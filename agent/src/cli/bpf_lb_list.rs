@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(flag_names(0, 0), ["ClusterIP", "non-routable"]);
         assert_eq!(
             flag_names(
-                SVC_FLAG_NODEPORT | SVC_FLAG_ROUTABLE | SVC_FLAG_EXT_LOCAL_SCOPE | SVC_FLAG_AFFINITY,
+                SVC_FLAG_NODEPORT
+                    | SVC_FLAG_ROUTABLE
+                    | SVC_FLAG_EXT_LOCAL_SCOPE
+                    | SVC_FLAG_AFFINITY,
                 SVC_FLAG2_TWO_SCOPES
             ),
             ["NodePort", "Local", "two-scopes", "sessionAffinity"]

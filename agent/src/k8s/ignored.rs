@@ -143,9 +143,7 @@ pub fn ignored_fields(node: &NodeContext, svc: &Service) -> Ignored {
     let ports = spec.ports.iter().flatten();
     out.add(
         Ignored::SCTP,
-        ports
-            .clone()
-            .any(|p| p.protocol.as_deref() == Some("SCTP")),
+        ports.clone().any(|p| p.protocol.as_deref() == Some("SCTP")),
     );
     let wants_node_ports = kind == "NodePort"
         || (kind == "LoadBalancer" && spec.allocate_load_balancer_node_ports != Some(false));
@@ -300,7 +298,10 @@ mod tests {
             let w = &w[0];
             assert!(w.starts_with("Service default/web: "), "{w}");
             assert!(w.contains(field), "{w} does not name {field}");
-            assert!(w.contains("not served") || w.contains("not set") || w.contains("not used"), "{w}");
+            assert!(
+                w.contains("not served") || w.contains("not set") || w.contains("not used"),
+                "{w}"
+            );
             assert!(w.contains(instead), "{w} does not say {instead:?}");
         }
     }
@@ -329,8 +330,14 @@ mod tests {
     #[test]
     fn headless_external_name_and_other_proxy_services_have_no_warnings() {
         for (meta, spec) in [
-            ("", "{clusterIP: None, sessionAffinity: ClientIP, ports: [{port: 80, protocol: SCTP}]}"),
-            ("", "{type: ExternalName, externalName: example.com, ipFamilies: [IPv6]}"),
+            (
+                "",
+                "{clusterIP: None, sessionAffinity: ClientIP, ports: [{port: 80, protocol: SCTP}]}",
+            ),
+            (
+                "",
+                "{type: ExternalName, externalName: example.com, ipFamilies: [IPv6]}",
+            ),
             (
                 ", labels: {service.kubernetes.io/service-proxy-name: other}",
                 "{type: NodePort, clusterIP: 10.96.0.9, ports: [{port: 80, protocol: SCTP}]}",

@@ -442,7 +442,8 @@ pub fn join(svc: &ServiceFrontends, slices: &[&SliceFacts]) -> Vec<DesiredServic
     // Frontends of one port share their endpoint sets: work them out once.
     let mut sets: Option<(&str, Proto, EndpointSets)> = None;
     for p in &svc.ports {
-        let fresh = !matches!(&sets, Some((n, pr, _)) if *n == p.port_name && *pr == p.frontend.proto);
+        let fresh =
+            !matches!(&sets, Some((n, pr, _)) if *n == p.port_name && *pr == p.frontend.proto);
         if fresh {
             sets = Some((
                 &p.port_name,
@@ -523,12 +524,16 @@ fn endpoint_sets(
         else {
             continue;
         };
-        all.extend(
-            slice
-                .endpoints
-                .iter()
-                .map(|(ip, c)| (L4Addr { ip: *ip, port, proto }, *c)),
-        );
+        all.extend(slice.endpoints.iter().map(|(ip, c)| {
+            (
+                L4Addr {
+                    ip: *ip,
+                    port,
+                    proto,
+                },
+                *c,
+            )
+        }));
     }
     let use_topology = topology
         && all

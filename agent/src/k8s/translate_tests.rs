@@ -528,7 +528,10 @@ fn node_a() -> NodeContext {
     NodeContext {
         name: "node-a".into(),
         zone: "zone-a".into(),
-        node_port_addresses: vec!["127.0.0.1".parse().unwrap(), "192.168.1.10".parse().unwrap()],
+        node_port_addresses: vec![
+            "127.0.0.1".parse().unwrap(),
+            "192.168.1.10".parse().unwrap(),
+        ],
     }
 }
 
@@ -540,7 +543,11 @@ fn line(d: &DesiredService) -> String {
         let items: Vec<String> = v
             .iter()
             .map(|(a, s)| {
-                let mark = if *s == BackendState::Terminating { "~" } else { "" };
+                let mark = if *s == BackendState::Terminating {
+                    "~"
+                } else {
+                    ""
+                };
                 format!("{mark}{}:{}", a.ip, a.port)
             })
             .collect();
@@ -733,7 +740,10 @@ fn frontends_of_each_service_type() {
             svc_and_slices(
                 &format!(
                     "{}status:\n  loadBalancer:\n    ingress: [{{ip: 203.0.113.7}}]\n",
-                    web_yaml("type: LoadBalancer\nallocateLoadBalancerNodePorts: false", "")
+                    web_yaml(
+                        "type: LoadBalancer\nallocateLoadBalancerNodePorts: false",
+                        ""
+                    )
                 ),
                 &slices,
             ),
@@ -765,7 +775,10 @@ fn frontends_of_each_service_type() {
                 ..node_a()
             },
             svc_and_slices(
-                &web_yaml("type: NodePort\nexternalIPs: [192.168.1.10]", ", nodePort: 80"),
+                &web_yaml(
+                    "type: NodePort\nexternalIPs: [192.168.1.10]",
+                    ", nodePort: 80",
+                ),
                 &slices,
             ),
             &[
@@ -1074,7 +1087,10 @@ fn headless_selectorless_split_slices_and_zone_hints() {
     // Headless: nothing, and no error.
     let headless = web_yaml("", "").replace("clusterIP: 10.96.0.10", "clusterIP: None");
     assert_eq!(
-        lines_on(&node_a(), &svc_and_slices(&headless, &[hinted(["", "", ""])])),
+        lines_on(
+            &node_a(),
+            &svc_and_slices(&headless, &[hinted(["", "", ""])])
+        ),
         Ok(vec![])
     );
 }
@@ -1135,7 +1151,10 @@ fn another_proxys_service_gives_nothing() {
     assert_eq!(
         lines_on(
             &node_a(),
-            &svc_and_slices(&svc, &[slice_yaml("web-1", "web", "- addresses: [10.244.0.1]")])
+            &svc_and_slices(
+                &svc,
+                &[slice_yaml("web-1", "web", "- addresses: [10.244.0.1]")]
+            )
         ),
         Ok(vec![])
     );
@@ -1144,8 +1163,16 @@ fn another_proxys_service_gives_nothing() {
 #[test]
 fn invalid_node_ports_and_external_ips_are_errors_naming_the_field() {
     for (extra, port_extra, needles) in [
-        ("type: NodePort", ", nodePort: 70000", &["spec.ports[0].nodePort", "70000"][..]),
-        ("externalIPs: [not-an-ip]", "", &["spec.externalIPs[0]", "not-an-ip"]),
+        (
+            "type: NodePort",
+            ", nodePort: 70000",
+            &["spec.ports[0].nodePort", "70000"][..],
+        ),
+        (
+            "externalIPs: [not-an-ip]",
+            "",
+            &["spec.externalIPs[0]", "not-an-ip"],
+        ),
     ] {
         let e = err_of(one(&web_yaml(extra, port_extra)));
         for n in needles {

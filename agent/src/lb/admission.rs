@@ -51,8 +51,7 @@ pub fn admit(used: Usage, ask: Ask, cap: Capacity) -> Result<(), String> {
     // service holds max(old, new) slots plus its frontend.
     let need_entries = ask.entries;
     let peak_entries = used.services - ask.held_entries + need_entries.max(ask.held_entries);
-    let peak_matches =
-        used.matches - ask.held_matches + ask.matches.max(ask.held_matches);
+    let peak_matches = used.matches - ask.held_matches + ask.matches.max(ask.held_matches);
     let rev_nat_cap = cap.rev_nat.min(usize::from(u16::MAX));
     if peak_entries > cap.services
         || used.backends + ask.new_backends > cap.backends

@@ -131,7 +131,8 @@ impl Programmed {
             }
         }
         for (k, v) in services {
-            let (Some(fe), Some(scope)) = (lb4_services::frontend_of(&k), lb4_services::scope_of(&k))
+            let (Some(fe), Some(scope)) =
+                (lb4_services::frontend_of(&k), lb4_services::scope_of(&k))
             else {
                 continue;
             };

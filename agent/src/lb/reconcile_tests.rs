@@ -1209,7 +1209,10 @@ fn expected_served(
     let mut lists: BTreeMap<(L4Addr, Scope), Vec<(L4Addr, BackendState)>> = BTreeMap::new();
     let mut active: BTreeSet<L4Addr> = BTreeSet::new();
     for d in desired {
-        let scopes = [(Scope::External, Some(&d.backends)), (Scope::Internal, d.internal.as_ref())];
+        let scopes = [
+            (Scope::External, Some(&d.backends)),
+            (Scope::Internal, d.internal.as_ref()),
+        ];
         for (scope, backends) in scopes {
             let Some(backends) = backends else { continue };
             let mut seen = BTreeSet::new();
@@ -1499,8 +1502,7 @@ fn apply_equals_full_reconcile_on_random_edits() {
                             ServiceKind::ClusterIP
                         };
                         d.policy.external_local = d.internal.is_some() && rng.chance(50);
-                        d.policy.internal_local =
-                            d.internal.is_some() && !d.policy.external_local;
+                        d.policy.internal_local = d.internal.is_some() && !d.policy.external_local;
                         d.affinity_timeout = rng.chance(50).then_some(60);
                     }
                     _ => d.backends.reverse(), // same set, other order
@@ -1887,18 +1889,17 @@ fn restart_sweeps_leftover_rev_nat_and_match_entries() {
 
 mod scopes {
     use super::*;
-    use crate::{
-        maps::lb4_services::Head,
-        model::TrafficPolicy,
-    };
+    use crate::{maps::lb4_services::Head, model::TrafficPolicy};
     use lash_common::{
-        SVC_FLAG2_INT_LOCAL_SCOPE, SVC_FLAG2_TWO_SCOPES, SVC_FLAG_AFFINITY,
-        SVC_FLAG_EXTERNAL_IP, SVC_FLAG_EXT_LOCAL_SCOPE, SVC_FLAG_LOADBALANCER, SVC_FLAG_NODEPORT,
-        SVC_FLAG_ROUTABLE,
+        SVC_FLAG2_INT_LOCAL_SCOPE, SVC_FLAG2_TWO_SCOPES, SVC_FLAG_AFFINITY, SVC_FLAG_EXTERNAL_IP,
+        SVC_FLAG_EXT_LOCAL_SCOPE, SVC_FLAG_LOADBALANCER, SVC_FLAG_NODEPORT, SVC_FLAG_ROUTABLE,
     };
 
     fn actives(ns: &[u8]) -> Vec<(L4Addr, BackendState)> {
-        bes(ns).into_iter().map(|b| (b, BackendState::Active)).collect()
+        bes(ns)
+            .into_iter()
+            .map(|b| (b, BackendState::Active))
+            .collect()
     }
 
     /// Service "default/NAME" at `frontend` of `kind`, external backends
@@ -1955,7 +1956,12 @@ mod scopes {
                 "{} internal",
                 d.name
             );
-            assert_eq!(maps.view(&d.frontend).unwrap().head, Head::of(d), "{}", d.name);
+            assert_eq!(
+                maps.view(&d.frontend).unwrap().head,
+                Head::of(d),
+                "{}",
+                d.name
+            );
         }
     }
 
@@ -1978,7 +1984,15 @@ mod scopes {
         let rows = [
             Row {
                 what: "ClusterIP",
-                svc: scoped("a", fe(1), ServiceKind::ClusterIP, &[1, 2], None, CLUSTER, None),
+                svc: scoped(
+                    "a",
+                    fe(1),
+                    ServiceKind::ClusterIP,
+                    &[1, 2],
+                    None,
+                    CLUSTER,
+                    None,
+                ),
                 flags: 0,
                 flags2: 0,
                 timeout: 0,
@@ -1988,7 +2002,15 @@ mod scopes {
             },
             Row {
                 what: "ClusterIP, internalTrafficPolicy Local",
-                svc: scoped("a", fe(1), ServiceKind::ClusterIP, &[1], None, INT_LOCAL, None),
+                svc: scoped(
+                    "a",
+                    fe(1),
+                    ServiceKind::ClusterIP,
+                    &[1],
+                    None,
+                    INT_LOCAL,
+                    None,
+                ),
                 flags: 0,
                 flags2: SVC_FLAG2_INT_LOCAL_SCOPE,
                 timeout: 0,
@@ -2036,7 +2058,15 @@ mod scopes {
             },
             Row {
                 what: "LoadBalancer, Local with no local endpoint: an empty internal scope",
-                svc: scoped("a", fe(1), ServiceKind::LoadBalancer, &[1, 2], Some(&[]), INT_LOCAL, None),
+                svc: scoped(
+                    "a",
+                    fe(1),
+                    ServiceKind::LoadBalancer,
+                    &[1, 2],
+                    Some(&[]),
+                    INT_LOCAL,
+                    None,
+                ),
                 flags: SVC_FLAG_LOADBALANCER | SVC_FLAG_ROUTABLE,
                 flags2: SVC_FLAG2_TWO_SCOPES | SVC_FLAG2_INT_LOCAL_SCOPE,
                 timeout: 0,
@@ -2059,7 +2089,11 @@ mod scopes {
             let slot0 = maps.services[&lb4_services::key(&fe(1), 0)];
             assert_eq!(slot0.backend_id, r.timeout, "{}: timeout in slot 0", r.what);
             match r.int {
-                None => assert!(maps.view_in(&fe(1), Scope::Internal).is_none(), "{}", r.what),
+                None => assert!(
+                    maps.view_in(&fe(1), Scope::Internal).is_none(),
+                    "{}",
+                    r.what
+                ),
                 Some(int) => {
                     let v = maps.view_in(&fe(1), Scope::Internal).unwrap();
                     assert_eq!(v.head, want, "{}: both scopes' slot 0 agree", r.what);
@@ -2080,8 +2114,10 @@ mod scopes {
                 .values()
                 .map(|b| lb4_backends::addr_of(b).unwrap())
                 .collect();
-            let want: BTreeSet<L4Addr> =
-                bes(r.ext).into_iter().chain(bes(r.int.unwrap_or(&[]))).collect();
+            let want: BTreeSet<L4Addr> = bes(r.ext)
+                .into_iter()
+                .chain(bes(r.int.unwrap_or(&[])))
+                .collect();
             assert_eq!(all, want, "{}: backends", r.what);
             // Nothing more to write.
             maps.take_ops();
@@ -2114,11 +2150,17 @@ mod scopes {
         reconcile_ok(&mut rec, &mut maps, std::slice::from_ref(&two));
         let ops = maps.take_ops();
         let pos = |op: &Op| ops.iter().position(|o| o == op).unwrap();
-        assert!(pos(&Op::PutInternal(fe(1), 0)) < pos(&Op::PutService(fe(1), 0)), "{ops:?}");
+        assert!(
+            pos(&Op::PutInternal(fe(1), 0)) < pos(&Op::PutService(fe(1), 0)),
+            "{ops:?}"
+        );
         reconcile_ok(&mut rec, &mut maps, std::slice::from_ref(&one));
         let ops = maps.take_ops();
         let pos = |op: &Op| ops.iter().position(|o| o == op).unwrap();
-        assert!(pos(&Op::PutService(fe(1), 0)) < pos(&Op::DelInternal(fe(1), 0)), "{ops:?}");
+        assert!(
+            pos(&Op::PutService(fe(1), 0)) < pos(&Op::DelInternal(fe(1), 0)),
+            "{ops:?}"
+        );
         // Removing it removes both scopes.
         reconcile_ok(&mut rec, &mut maps, &[]);
         assert!(maps.services.is_empty());
@@ -2140,7 +2182,15 @@ mod scopes {
             // Loses its internal scope.
             scoped("b", fe(2), np, &[4, 5], None, CLUSTER, None),
             // New with two scopes.
-            scoped("c", fe(3), ServiceKind::ExternalIP, &[8, 9], Some(&[9]), INT_LOCAL, None),
+            scoped(
+                "c",
+                fe(3),
+                ServiceKind::ExternalIP,
+                &[8, 9],
+                Some(&[9]),
+                INT_LOCAL,
+                None,
+            ),
         ];
         let setup = || {
             let (mut rec, mut maps) = fresh();
@@ -2182,8 +2232,24 @@ mod scopes {
     #[test]
     fn restart_reads_both_scopes_back() {
         let desired = [
-            scoped("a", fe(1), ServiceKind::NodePort, &[1], Some(&[1, 2]), EXT_LOCAL, Some(60)),
-            scoped("b", fe(2), ServiceKind::ClusterIP, &[3], None, INT_LOCAL, None),
+            scoped(
+                "a",
+                fe(1),
+                ServiceKind::NodePort,
+                &[1],
+                Some(&[1, 2]),
+                EXT_LOCAL,
+                Some(60),
+            ),
+            scoped(
+                "b",
+                fe(2),
+                ServiceKind::ClusterIP,
+                &[3],
+                None,
+                INT_LOCAL,
+                None,
+            ),
         ];
         let (mut rec, mut maps) = fresh();
         reconcile_ok(&mut rec, &mut maps, &desired);

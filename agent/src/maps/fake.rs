@@ -169,7 +169,9 @@ impl FakeMaps {
             }
             let (Some(fe), Some(scope)) = (lb4_services::frontend_of(k), lb4_services::scope_of(k))
             else {
-                problems.push(format!("frontend key with unknown protocol or scope: {k:?}"));
+                problems.push(format!(
+                    "frontend key with unknown protocol or scope: {k:?}"
+                ));
                 continue;
             };
             if scope == Scope::External
@@ -277,7 +279,10 @@ impl FakeMaps {
             let fe = lb4_services::frontend_of(k).unwrap();
             let scope = lb4_services::scope_of(k).unwrap();
             let (count, rn, head) = counts.get(&(fe, scope)).copied().unwrap_or_else(|| {
-                panic!("{fe} ({scope:?}): slot {} without a frontend", k.backend_slot)
+                panic!(
+                    "{fe} ({scope:?}): slot {} without a frontend",
+                    k.backend_slot
+                )
             });
             let served = scope == Scope::Internal || !head.two_scopes();
             assert_eq!(v.rev_nat_index, rn, "{fe}: slot {} rev_nat", k.backend_slot);

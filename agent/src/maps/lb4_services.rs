@@ -234,10 +234,7 @@ mod tests {
         );
         assert_eq!(Head::read(&frontend_value(0, 3, head)), head);
         let k = key_in(&fe, Scope::Internal, 2);
-        assert_eq!(
-            bytes(&k),
-            [192, 168, 1, 10, 0x75, 0x80, 2, 0, 6, 1, 0, 0]
-        );
+        assert_eq!(bytes(&k), [192, 168, 1, 10, 0x75, 0x80, 2, 0, 6, 1, 0, 0]);
         assert_eq!(scope_of(&k), Some(Scope::Internal));
         assert_eq!(scope_of(&key(&fe, 0)), Some(Scope::External));
 

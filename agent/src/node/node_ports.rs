@@ -99,7 +99,13 @@ mod tests {
 
     #[test]
     fn bad_cidrs_are_refused_by_name() {
-        for bad in ["10.0.0.0", "10.0.0.0/33", "fd00::/64", "primary", "10.0.0/8"] {
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "fd00::/64",
+            "primary",
+            "10.0.0/8",
+        ] {
             let e = bad.parse::<NodePortCidr>().unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
