@@ -169,6 +169,7 @@ fn node_port_is_reached_on_loopback_and_on_node_addresses() {
 
     // The listings name the type as Cilium's do.
     let list = sb.agent_cli(&["bpf", "lb", "list"]).unwrap();
+    eprintln!("{list}{}", sb.agent_cli(&["service", "list"]).unwrap());
     for fe in [format!("{lo}/TCP"), format!("{node}/TCP")] {
         let l = lb_line(&list, &fe).unwrap_or_else(|| panic!("{fe} missing:\n{list}"));
         assert!(l.ends_with("[NodePort]"), "{l}");
@@ -240,6 +241,7 @@ fn session_affinity_sticks_each_client_to_one_backend() {
     )
     .unwrap();
     let rows = aff.as_array().unwrap();
+    eprintln!("{}", sb.agent_cli(&["bpf", "lb", "affinity", "list"]).unwrap());
     assert!(rows.len() >= 2, "{aff}");
     assert!(
         rows.iter()
@@ -291,6 +293,7 @@ fn traffic_policies_local_use_this_nodes_endpoints_from_inside() {
     }
     // The node port has two scopes: external all three, internal pod-1.
     let list = sb.agent_cli(&["bpf", "lb", "list"]).unwrap();
+    eprintln!("{list}");
     let l = lb_line(&list, &format!("{lo}/TCP")).unwrap();
     assert!(
         l.contains("NodePort") && l.contains("InternalLocal") && l.contains("two-scopes"),
