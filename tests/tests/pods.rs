@@ -3,7 +3,8 @@
 //! nothing itself (ip_forward 0, no proxy ARP, no bridge), so whatever pods
 //! reach, our programs carried: the ARP responder, local delivery into the
 //! peer's namespace, per-packet service translation for a pod outside the
-//! socket-LB cgroup, reverse translation of the replies; the node's own
+//! socket-LB cgroup (to a ClusterIP and to a node port on the gateway),
+//! reverse translation of the replies; the node's own
 //! processes reach pods too. `podman rm` leaves nothing behind. Needs root and podman; `cargo xtask test` runs it.
 
 use std::{net::Ipv4Addr, time::Duration};
@@ -148,9 +149,16 @@ fn pods_reach_each_other_and_services_through_our_programs_only() {
         "gateway neighbour {neigh:?}, lxc MAC {lxc_mac}"
     );
 
-    // A ClusterIP Service backed by the backend pod.
+    // A Service backed by the backend pod: its ClusterIP, and its node port
+    // on the node's addresses (the pods' gateway among them).
     let syncs = sb.syncs();
-    sb.write_manifest("web.yaml", &service("web", VIP)).unwrap();
+    let node_port = service("web", VIP)
+        .replace("  type: ClusterIP\n", "  type: NodePort\n")
+        .replace(
+            "    targetPort: http\n",
+            "    targetPort: http\n    nodePort: 30080\n",
+        );
+    sb.write_manifest("web.yaml", &node_port).unwrap();
     sb.write_manifest(
         "web-slice.yaml",
         &endpoint_slice("web", &[(ips[2], Cond::Ready)]),
@@ -196,6 +204,23 @@ fn pods_reach_each_other_and_services_through_our_programs_only() {
             assert_eq!(r["from"], format!("{VIP}:53"), "{client}: {r}");
         }
     }
+    // The node port on the gateway (a node address): socket LB for the pod
+    // in the cgroup, the per-packet path for the other, the frontend as the
+    // peer either way.
+    let gw_port = format!("{GATEWAY}:30080");
+    for client in ["inside", "outside"] {
+        let out = pm
+            .exec_ok(
+                client,
+                &["/probe/lash-probe", "tcp", &gw_port, "--count", "3"],
+            )
+            .unwrap_or_else(|e| panic!("{client}: {e}"));
+        for r in json_lines(&out) {
+            assert_eq!(r["ok"], true, "{client}: {r}");
+            assert_eq!(r["backend"], "backend", "{client}: {r}");
+            assert_eq!(r["peer"], gw_port, "{client}: {r}");
+        }
+    }
     // The outside pod's flows went through per-packet translation: its
     // conntrack service entries are there, the inside pod's are not (socket
     // LB translated those at connect()).
@@ -204,6 +229,12 @@ fn pods_reach_each_other_and_services_through_our_programs_only() {
         ct.lines()
             .any(|l| l.contains("SERVICE") && l.contains(&format!("{outside}:"))),
         "{ct}"
+    );
+    assert!(
+        ct.lines().any(|l| l.contains("SERVICE")
+            && l.contains(&format!("{outside}:"))
+            && l.contains(&gw_port)),
+        "no per-packet node-port entry: {ct}"
     );
     assert!(
         !ct.lines()

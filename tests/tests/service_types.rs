@@ -241,7 +241,10 @@ fn session_affinity_sticks_each_client_to_one_backend() {
     )
     .unwrap();
     let rows = aff.as_array().unwrap();
-    eprintln!("{}", sb.agent_cli(&["bpf", "lb", "affinity", "list"]).unwrap());
+    eprintln!(
+        "{}",
+        sb.agent_cli(&["bpf", "lb", "affinity", "list"]).unwrap()
+    );
     assert!(rows.len() >= 2, "{aff}");
     assert!(
         rows.iter()
