@@ -71,6 +71,10 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// The Kubernetes API's health, when that is the source.
     pub api: Option<crate::state::ApiHealth>,
+    /// Whether the last sync was a full one, and how many frontends it
+    /// could not program.
+    pub last_full: bool,
+    pub last_sync_errors: usize,
 }
 
 /// The owner thread's handle: send commands here.
@@ -153,6 +157,8 @@ where
                     error!("{e}");
                 }
                 snap.syncs += 1;
+                snap.last_full = full;
+                snap.last_sync_errors = report.errors.len();
                 snap.last_sync_ms = elapsed.as_secs_f64() * 1e3;
                 snap.last_event_ms = since_event.as_secs_f64() * 1e3;
                 snap.services = reconciler.programmed().services.len();

@@ -17,6 +17,7 @@ mod node;
 mod run;
 mod sources;
 mod state;
+mod telemetry;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -116,6 +117,13 @@ struct RunArgs {
     /// Seconds between sweeps of expired conntrack entries.
     #[arg(long, default_value_t = 30)]
     ct_gc_interval: u64,
+    /// Where `/healthz` answers, with kube-proxy's meaning (its port; a
+    /// DaemonSet whose probes come from elsewhere sets 0.0.0.0:10256).
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    healthz_addr: std::net::SocketAddr,
+    /// Where Prometheus metrics are served (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:9962")]
+    metrics_addr: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +267,8 @@ fn main() -> anyhow::Result<()> {
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 pod_cidr: args.pod_cidr,
                 ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
+                healthz_addr: args.healthz_addr,
+                metrics_addr: args.metrics_addr,
             };
             // Multi-threaded: sources and the API keep answering while the
             // map owner's thread (datapath.rs) runs a long sync.

@@ -2,6 +2,7 @@
 //! owner and the sources, and wait for a signal.
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -28,6 +29,7 @@ use crate::{
         manifest_dir::ManifestSource,
     },
     state::{self, AgentStatus},
+    telemetry::{http, Telemetry},
 };
 
 /// How long calls in flight on the CNI API may take to finish at shutdown.
@@ -54,6 +56,9 @@ pub struct RunConfig {
     pub resync: Duration,
     /// Period of the conntrack expiry sweep.
     pub ct_gc_interval: Duration,
+    /// Where `/healthz` and `/metrics` are served.
+    pub healthz_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
 }
 
 /// The endpoint manager, with the node's side of the pod network in place:
@@ -102,6 +107,29 @@ async fn sweep_conntrack(bpf_root: PathBuf, interval: Duration) {
             Ok(Err(e)) => warn!("conntrack sweep: {e}"),
             Err(e) => warn!("conntrack sweep task: {e}"),
         }
+    }
+}
+
+/// Serves `/healthz` or `/metrics` on `addr`. An address still held (by the
+/// agent this one takes over from, during a hand-over) is retried every
+/// second rather than failing the agent: the datapath matters more.
+async fn keep_serving(addr: SocketAddr, what: &'static str, telemetry: Arc<Telemetry>) {
+    let mut warned = false;
+    let listener = loop {
+        match http::bind(addr, what).await {
+            Ok(l) => break l,
+            Err(e) => {
+                if !warned {
+                    warn!("{e}; retrying every second");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    match what {
+        "healthz" => http::serve_health(listener, telemetry).await,
+        _ => http::serve_metrics(listener, telemetry).await,
     }
 }
 
@@ -167,11 +195,27 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         ),
         ..Default::default()
     }));
+    // kube-proxy's health timeout: twice its sync period.
+    let telemetry = Arc::new(Telemetry::new(cfg.bpf_root.clone(), cfg.resync * 2));
+    let listeners = [
+        tokio::spawn(keep_serving(cfg.healthz_addr, "healthz", telemetry.clone())),
+        tokio::spawn(keep_serving(cfg.metrics_addr, "metrics", telemetry.clone())),
+    ];
     let publish = {
         // IPAM use is the API's to update: the map owner never waits on the
         // IPAM lock (held while its file is synced).
         let (status, state_dir) = (status.clone(), cfg.state_dir.clone());
+        let telemetry = telemetry.clone();
+        let mut syncs_seen = 0;
         move |snap: &datapath::Snapshot| {
+            if snap.syncs != syncs_seen {
+                syncs_seen = snap.syncs;
+                telemetry.metrics.observe_sync(
+                    snap.last_full,
+                    snap.last_sync_ms / 1e3,
+                    snap.last_sync_errors,
+                );
+            }
             let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
             status.syncs = snap.syncs;
             status.last_sync_unix = unix_now();
@@ -218,7 +262,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let source = match &cfg.source {
         SourceChoice::Manifests(dir) => {
-            let s = ManifestSource::new(dir.clone());
+            let s = ManifestSource::new(dir.clone(), telemetry.clone());
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)
@@ -228,7 +272,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         SourceChoice::Kubernetes { kubeconfig } => {
             let (client, server) = api_watch::client(kubeconfig.as_deref()).await?;
-            let s = KubeSource::new(client, server);
+            let s = KubeSource::new(client, server, telemetry.clone());
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)
@@ -266,6 +310,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let _ = source.await;
     }
     ct_gc.abort();
+    for l in listeners {
+        l.abort();
+    }
     tokio::task::spawn_blocking(move || owner.join()).await.ok();
     info!("exiting; the datapath stays programmed and attached (`agent uninstall` removes it)");
     result

@@ -4,6 +4,7 @@
 
 pub mod cni;
 pub mod ebpf;
+pub mod http;
 pub mod manifests;
 pub mod netns;
 pub mod podman;

@@ -14,6 +14,7 @@
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -31,6 +32,7 @@ use crate::{
     },
     model::{Change, L4Addr},
     state::ApiHealth,
+    telemetry::Telemetry,
 };
 
 /// How often an unreachable API is asked whether it is back.
@@ -54,6 +56,7 @@ pub struct KubeSource {
     /// The first full reconcile has been sent.
     full_sent: bool,
     health: ApiHealth,
+    telemetry: Arc<Telemetry>,
 }
 
 fn unix_now() -> f64 {
@@ -71,7 +74,7 @@ fn frontend(c: &Change) -> L4Addr {
 }
 
 impl KubeSource {
-    pub fn new(client: kube::Client, server: String) -> Self {
+    pub fn new(client: kube::Client, server: String, telemetry: Arc<Telemetry>) -> Self {
         KubeSource {
             client,
             index: ServiceIndex::default(),
@@ -83,6 +86,7 @@ impl KubeSource {
                 server,
                 ..Default::default()
             },
+            telemetry,
         }
     }
 
@@ -116,8 +120,9 @@ impl KubeSource {
                 }
                 if !files.is_empty() {
                     let changes = tokio::task::block_in_place(|| self.index.apply_files(files));
-                    if !changes.is_empty() {
-                        self.pending_since.get_or_insert_with(Instant::now);
+                    if !changes.is_empty() && self.pending_since.is_none() {
+                        self.pending_since = Some(Instant::now());
+                        self.telemetry.health.queued(SystemTime::now());
                     }
                     for c in changes {
                         self.pending.insert(frontend(&c), c);
@@ -132,20 +137,35 @@ impl KubeSource {
                 self.health.last_error = Some(format!("watching {}: {e}", kind.resource()));
             }
         }
+        self.telemetry
+            .metrics
+            .set_api_up(self.health.down_since_unix.is_none());
         self.health.synced = self.picture.synced();
         self.health.services = self.picture.count(Kind::Service);
         self.health.endpoint_slices = self.picture.count(Kind::Slice);
         self.health != was
     }
 
+    /// Sends a sync and waits for the owner's outcome; then the changes are
+    /// in the maps: health and programming latency take note.
     async fn send(
-        &self,
+        &mut self,
         tx: &datapath::Sender,
         cmd: Command,
         done: oneshot::Receiver<Outcome>,
     ) -> Option<Outcome> {
+        let full = matches!(cmd, Command::Resync { .. });
+        let triggers = self.picture.take_triggers();
         tx.send(cmd).await.ok()?;
-        done.await.ok()
+        let outcome = done.await.ok()?;
+        let now = SystemTime::now();
+        self.telemetry.health.updated(now, full);
+        for t in triggers {
+            // A trigger stamped by a clock ahead of ours counts as 0.
+            let secs = now.duration_since(t).unwrap_or_default().as_secs_f64();
+            self.telemetry.metrics.observe_programming(secs);
+        }
+        Some(outcome)
     }
 
     /// Sends what is due: the first full reconcile once every kind is listed,
@@ -256,6 +276,7 @@ impl KubeSource {
                     if api_watch::reachable(&self.client).await.is_ok() {
                         info!("the Kubernetes API answers again");
                         self.health.down_since_unix = None;
+                        self.telemetry.metrics.set_api_up(true);
                         let _ = tx.send(Command::Status { source: self.state() }).await;
                     }
                 }
