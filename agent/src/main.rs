@@ -117,6 +117,11 @@ struct RunArgs {
     /// Seconds between sweeps of expired conntrack entries.
     #[arg(long, default_value_t = 30)]
     ct_gc_interval: u64,
+    /// This node's name: its Node object gives the pod range when
+    /// --pod-cidr is not set (Kubernetes source). Default: $NODE_NAME, else
+    /// the host name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
     /// Where `/healthz` answers, with kube-proxy's meaning (its port; a
     /// DaemonSet whose probes come from elsewhere sets 0.0.0.0:10256).
     #[arg(long, default_value = "127.0.0.1:10256")]
@@ -239,6 +244,13 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel's host name (what the kubelet names its Node by default).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -267,6 +279,7 @@ fn main() -> anyhow::Result<()> {
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 pod_cidr: args.pod_cidr,
                 ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
+                node_name: args.node_name.unwrap_or_else(host_name),
                 healthz_addr: args.healthz_addr,
                 metrics_addr: args.metrics_addr,
             };

@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub resync: Duration,
     /// Period of the conntrack expiry sweep.
     pub ct_gc_interval: Duration,
+    /// This node's name (its Node object, for the pod range).
+    pub node_name: String,
     /// Where `/healthz` and `/metrics` are served.
     pub healthz_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -65,9 +67,13 @@ pub struct RunConfig {
 /// `lash_host` holding the gateway (when there is a pod range), the node's
 /// own addresses marked as the host's, and the endpoints an earlier agent
 /// left taken over.
-async fn start_endpoints(ebpf: aya::Ebpf, cfg: &RunConfig) -> anyhow::Result<Arc<Mutex<Manager>>> {
-    let mut manager = Manager::open(ebpf, &cfg.bpf_root, &cfg.state_dir, cfg.pod_cidr)?;
-    if let Some(cidr) = cfg.pod_cidr {
+async fn start_endpoints(
+    ebpf: aya::Ebpf,
+    cfg: &RunConfig,
+    pod_cidr: Option<Ipv4Cidr>,
+) -> anyhow::Result<Arc<Mutex<Manager>>> {
+    let mut manager = Manager::open(ebpf, &cfg.bpf_root, &cfg.state_dir, pod_cidr)?;
+    if let Some(cidr) = pod_cidr {
         node::ensure_host_device(cidr.gateway()).await?;
         info!(device = node::HOST_DEVICE, gateway = %cidr.gateway(), "host device ready");
     }
@@ -140,12 +146,76 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The pod range when none is given: this node's Node's `spec.podCIDRs`,
+/// else (the API not answering) the range the saved pool was made for, else
+/// none (no pod network until a restart finds one).
+async fn node_pod_cidr(
+    client: &kube::Client,
+    node: &str,
+    state_dir: &std::path::Path,
+) -> Option<Ipv4Cidr> {
+    let stored = Ipam::stored_cidr(state_dir);
+    for attempt in 1..=3 {
+        match api_watch::this_node(client, node).await {
+            Ok(Some(info)) => {
+                let Some(text) = info.ipv4_pod_cidr() else {
+                    warn!(
+                        node,
+                        "the Node has no IPv4 pod range (spec.podCIDRs): no pod network"
+                    );
+                    return None;
+                };
+                match text.parse::<Ipv4Cidr>() {
+                    Ok(c) => {
+                        info!(node, cidr = %c, "pod range from the Node");
+                        return Some(c);
+                    }
+                    Err(e) => {
+                        warn!(
+                            node,
+                            "the Node's pod range {text:?} is not usable: {e}; no pod network"
+                        );
+                        return None;
+                    }
+                }
+            }
+            Ok(None) => {
+                warn!(
+                    node,
+                    "no Node of this name (--node-name): no pod range from the API"
+                );
+                break;
+            }
+            Err(e) if attempt < 3 => {
+                debug!(node, "reading the Node: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => warn!(node, "reading the Node: {e}"),
+        }
+    }
+    if let Some(c) = stored {
+        info!(cidr = %c, "pod range from the saved pool");
+    }
+    stored
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     loader::prepare_bpf_root(&cfg.bpf_root)?;
     let _lock = lock::acquire(&cfg.bpf_root, &cfg.state_dir)?;
+    let kube = match &cfg.source {
+        SourceChoice::Kubernetes { kubeconfig } => {
+            Some(api_watch::client(kubeconfig.as_deref()).await?)
+        }
+        SourceChoice::Manifests(_) => None,
+    };
+    let pod_cidr = match (cfg.pod_cidr, &kube) {
+        (Some(c), _) => Some(c),
+        (None, Some((client, _))) => node_pod_cidr(client, &cfg.node_name, &cfg.state_dir).await,
+        (None, None) => None,
+    };
     // Before anything is loaded: a state file for another range stops the
     // agent with the datapath untouched.
-    let ipam = match cfg.pod_cidr {
+    let ipam = match pod_cidr {
         Some(cidr) => {
             let ipam = Ipam::open(&cfg.state_dir, cidr)?;
             let u = ipam.usage();
@@ -160,7 +230,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let maps = LbMaps::open_pinned(&cfg.bpf_root)?;
     loader::attach_sock_programs(&mut ebpf, &cfg.bpf_root, &cfg.cgroup)?;
     info!(bpf_root = %cfg.bpf_root.display(), cgroup = %cfg.cgroup.display(), "socket programs attached");
-    let endpoints = start_endpoints(ebpf, &cfg).await?;
+    let endpoints = start_endpoints(ebpf, &cfg, pod_cidr).await?;
 
     let programmed = Programmed::from_entries(
         maps.services_entries()?,
@@ -270,9 +340,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                     .map_err(anyhow::Error::from)
             })
         }
-        SourceChoice::Kubernetes { kubeconfig } => {
-            let (client, server) = api_watch::client(kubeconfig.as_deref()).await?;
-            let s = KubeSource::new(client, server, telemetry.clone());
+        SourceChoice::Kubernetes { .. } => {
+            let (client, server) = kube.expect("made above for this source");
+            let s = KubeSource::new(client, server, cfg.node_name.clone(), telemetry.clone());
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)

@@ -61,6 +61,11 @@ pub struct ApiHealth {
     /// Objects known, by resource.
     pub services: usize,
     pub endpoint_slices: usize,
+    pub nodes: usize,
+    /// This node's name, and its pod range and InternalIP as its Node says.
+    pub node_name: String,
+    pub node_pod_cidr: Option<String>,
+    pub node_ip: Option<String>,
     /// Full lists done (the first, then one per 410 or reconnect that needed it).
     pub lists: u64,
 }

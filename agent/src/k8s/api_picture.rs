@@ -135,13 +135,13 @@ impl ApiPicture {
         self.known.values().filter(|k| k.kind == kind).count()
     }
 
-    /// Takes in one event of the merged watches: the file changes it makes,
-    /// or the watch error it carries.
-    pub fn take(&mut self, ev: ApiEvent) -> Result<Vec<FileChange>, (Kind, String)> {
+    /// Takes in one event of the merged watches: the file changes it makes.
+    /// Nodes are not the picture's: the caller hands them to its NodeIndex.
+    pub fn take(&mut self, ev: ApiEvent) -> Vec<FileChange> {
         match ev {
-            ApiEvent::Service(e) => Ok(self.event(e)),
-            ApiEvent::Slice(e) => Ok(self.event(e)),
-            ApiEvent::Error(kind, e) => Err((kind, e)),
+            ApiEvent::Service(e) => self.event(e),
+            ApiEvent::Slice(e) => self.event(e),
+            ApiEvent::Node(_) | ApiEvent::Error(..) => Vec::new(),
         }
     }
 

@@ -9,4 +9,5 @@ pub mod api_watch;
 pub mod ignored;
 pub mod index;
 pub mod manifests;
+pub mod nodes;
 pub mod translate;

@@ -29,6 +29,7 @@ use crate::{
         api_picture::{ApiPicture, Kind},
         api_watch::{self, ApiEvent},
         index::ServiceIndex,
+        nodes::NodeIndex,
     },
     model::{Change, L4Addr},
     state::ApiHealth,
@@ -49,6 +50,7 @@ pub struct KubeSource {
     client: kube::Client,
     index: ServiceIndex,
     picture: ApiPicture,
+    nodes: NodeIndex,
     /// Frontend changes not sent yet, the last per frontend.
     pending: BTreeMap<L4Addr, Change>,
     /// When the oldest of `pending` was learned.
@@ -74,16 +76,23 @@ fn frontend(c: &Change) -> L4Addr {
 }
 
 impl KubeSource {
-    pub fn new(client: kube::Client, server: String, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(
+        client: kube::Client,
+        server: String,
+        node_name: String,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         KubeSource {
             client,
             index: ServiceIndex::default(),
             picture: ApiPicture::default(),
+            nodes: NodeIndex::default(),
             pending: BTreeMap::new(),
             pending_since: None,
             full_sent: false,
             health: ApiHealth {
                 server,
+                node_name,
                 ..Default::default()
             },
             telemetry,
@@ -110,14 +119,23 @@ impl KubeSource {
     fn take(&mut self, ev: ApiEvent) -> bool {
         let was = self.health.clone();
         let (list_done, proves_up) = (ev.is_list_done(), ev.proves_reachable());
-        match tokio::task::block_in_place(|| self.picture.take(ev)) {
-            Ok(files) => {
-                if proves_up {
-                    self.health.down_since_unix = None;
+        if proves_up {
+            self.health.down_since_unix = None;
+        }
+        if list_done {
+            self.health.lists += 1;
+        }
+        match ev {
+            ApiEvent::Error(resource, e) => {
+                if self.health.down_since_unix.is_none() {
+                    warn!(resource, "Kubernetes watch failed: {e}");
                 }
-                if list_done {
-                    self.health.lists += 1;
-                }
+                self.health.down_since_unix.get_or_insert_with(unix_now);
+                self.health.last_error = Some(format!("watching {resource}: {e}"));
+            }
+            ApiEvent::Node(e) => self.nodes.event(e),
+            ev => {
+                let files = tokio::task::block_in_place(|| self.picture.take(ev));
                 if !files.is_empty() {
                     let changes = tokio::task::block_in_place(|| self.index.apply_files(files));
                     if !changes.is_empty() && self.pending_since.is_none() {
@@ -129,21 +147,28 @@ impl KubeSource {
                     }
                 }
             }
-            Err((kind, e)) => {
-                if self.health.down_since_unix.is_none() {
-                    warn!(resource = kind.resource(), "Kubernetes watch failed: {e}");
-                }
-                self.health.down_since_unix.get_or_insert_with(unix_now);
-                self.health.last_error = Some(format!("watching {}: {e}", kind.resource()));
-            }
         }
         self.telemetry
             .metrics
             .set_api_up(self.health.down_since_unix.is_none());
-        self.health.synced = self.picture.synced();
+        self.health.synced = self.synced();
         self.health.services = self.picture.count(Kind::Service);
         self.health.endpoint_slices = self.picture.count(Kind::Slice);
+        self.health.nodes = self.nodes.len();
+        let me = self.nodes.get(&self.health.node_name);
+        self.health.node_pod_cidr = me.and_then(|n| n.ipv4_pod_cidr().map(str::to_string));
+        self.health.node_ip = me.and_then(|n| n.internal_ip.map(|ip| ip.to_string()));
         self.health != was
+    }
+
+    /// Every watched kind has been listed in full once.
+    fn synced(&self) -> bool {
+        self.picture.synced() && self.nodes.listed()
+    }
+
+    /// A list is under way: changes wait for it to be whole.
+    fn relisting(&self) -> bool {
+        self.picture.relisting() || self.nodes.relisting()
     }
 
     /// Sends a sync and waits for the owner's outcome; then the changes are
@@ -172,7 +197,7 @@ impl KubeSource {
     /// then the pending changes whenever no list is under way. Returns the
     /// owner's outcome of what was sent, if anything was.
     async fn flush(&mut self, tx: &datapath::Sender, health_moved: bool) -> Option<Outcome> {
-        if !self.picture.synced() || (self.full_sent && self.picture.relisting()) {
+        if !self.synced() || (self.full_sent && self.relisting()) {
             if health_moved {
                 let _ = tx
                     .send(Command::Status {
@@ -280,11 +305,11 @@ impl KubeSource {
                         let _ = tx.send(Command::Status { source: self.state() }).await;
                     }
                 }
-                _ = resync_timer.tick(), if self.full_sent && !self.picture.relisting() => {
+                _ = resync_timer.tick(), if self.full_sent && !self.relisting() => {
                     self.full(&tx).await;
                     full_due = None;
                 }
-                _ = retry.tick(), if full_due.is_some_and(|t| Instant::now() >= t) && !self.picture.relisting() => {
+                _ = retry.tick(), if full_due.is_some_and(|t| Instant::now() >= t) && !self.relisting() => {
                     self.full(&tx).await;
                     full_due = None;
                 }
