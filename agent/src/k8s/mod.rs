@@ -10,4 +10,6 @@ pub mod ignored;
 pub mod index;
 pub mod manifests;
 pub mod nodes;
+#[cfg(test)]
+mod rbac_tests;
 pub mod translate;
