@@ -141,7 +141,7 @@ impl ApiPicture {
         match ev {
             ApiEvent::Service(e) => self.event(e),
             ApiEvent::Slice(e) => self.event(e),
-            ApiEvent::Node(_) | ApiEvent::Error(..) => Vec::new(),
+            ApiEvent::Node(_) | ApiEvent::Error(..) | ApiEvent::Expired(_) => Vec::new(),
         }
     }
 

@@ -76,6 +76,18 @@ pub enum ApiEvent {
     Node(watcher::Event<Node>),
     /// A watch failed (it retries by itself, with backoff); the resource.
     Error(&'static str, String),
+    /// The server no longer has the history a watch asked to resume from
+    /// (410 Gone): the watcher lists afresh. Not an outage.
+    Expired(&'static str),
+}
+
+/// A watcher failure as an event: 410 is the normal end of a watch's
+/// history, anything else means the API is not answering as it should.
+fn failure(resource: &'static str, e: watcher::Error) -> ApiEvent {
+    match &e {
+        watcher::Error::WatchError(status) if status.code == 410 => ApiEvent::Expired(resource),
+        _ => ApiEvent::Error(resource, e.to_string()),
+    }
 }
 
 impl ApiEvent {
@@ -95,6 +107,7 @@ impl ApiEvent {
         !matches!(
             self,
             ApiEvent::Error(..)
+                | ApiEvent::Expired(..)
                 | ApiEvent::Service(watcher::Event::Init)
                 | ApiEvent::Slice(watcher::Event::Init)
                 | ApiEvent::Node(watcher::Event::Init)
@@ -112,7 +125,7 @@ pub fn watch(client: Client) -> impl Stream<Item = ApiEvent> + Send {
     .default_backoff()
     .map(|r| match r {
         Ok(ev) => ApiEvent::Service(ev),
-        Err(e) => ApiEvent::Error(Kind::Service.resource(), e.to_string()),
+        Err(e) => failure(Kind::Service.resource(), e),
     });
     let slices = watcher(
         Api::<EndpointSlice>::all(client.clone()),
@@ -121,13 +134,13 @@ pub fn watch(client: Client) -> impl Stream<Item = ApiEvent> + Send {
     .default_backoff()
     .map(|r| match r {
         Ok(ev) => ApiEvent::Slice(ev),
-        Err(e) => ApiEvent::Error(Kind::Slice.resource(), e.to_string()),
+        Err(e) => failure(Kind::Slice.resource(), e),
     });
     let nodes = watcher(Api::<Node>::all(client), watcher::Config::default())
         .default_backoff()
         .map(|r| match r {
             Ok(ev) => ApiEvent::Node(ev),
-            Err(e) => ApiEvent::Error("nodes", e.to_string()),
+            Err(e) => failure("nodes", e),
         });
     futures::stream::select(futures::stream::select(services, slices), nodes)
 }

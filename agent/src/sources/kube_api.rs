@@ -133,6 +133,9 @@ impl KubeSource {
                 self.health.down_since_unix.get_or_insert_with(unix_now);
                 self.health.last_error = Some(format!("watching {resource}: {e}"));
             }
+            ApiEvent::Expired(resource) => {
+                info!(resource, "watch history expired (410); listing again");
+            }
             ApiEvent::Node(e) => self.nodes.event(e),
             ev => {
                 let files = tokio::task::block_in_place(|| self.picture.take(ev));
