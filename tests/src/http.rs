@@ -15,7 +15,17 @@ use anyhow::{bail, Context as _};
 
 /// GETs `path` from `addr` (e.g. "127.0.0.1:10256") inside netns `ns`.
 pub fn get_in(ns: &str, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let (ns, addr, path) = (ns.to_string(), addr.to_string(), path.to_string());
+    request_in(ns, addr, "GET", path)
+}
+
+/// A request without a body (`GET`, `POST`) inside netns `ns`.
+pub fn request_in(ns: &str, addr: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let (ns, addr, path, method) = (
+        ns.to_string(),
+        addr.to_string(),
+        path.to_string(),
+        method.to_string(),
+    );
     // A thread of its own: setns moves only the calling thread.
     std::thread::spawn(move || -> anyhow::Result<(u16, String)> {
         let f = File::open(Path::new("/var/run/netns").join(&ns))
@@ -28,7 +38,7 @@ pub fn get_in(ns: &str, addr: &str, path: &str) -> anyhow::Result<(u16, String)>
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;

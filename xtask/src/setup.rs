@@ -106,12 +106,19 @@ pub fn setup() -> anyhow::Result<()> {
     }
     if !kmock_ok() {
         eprintln!("xtask setup: installing kmock {KMOCK_VERSION} for python3");
-        run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            &format!("kmock=={KMOCK_VERSION}"),
-        ]))?;
+        let pkg = format!("kmock=={KMOCK_VERSION}");
+        // Debian's own python3 marks itself externally managed and refuses
+        // a plain `pip install`; a python3 from elsewhere (pyenv) takes it.
+        if run(Command::new("python3").args(["-m", "pip", "install", "-q", &pkg])).is_err() {
+            run(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--break-system-packages",
+                &pkg,
+            ]))?;
+        }
         if !kmock_ok() {
             bail!("python3 still cannot import kmock after installing it");
         }
