@@ -296,6 +296,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             status.errors = snap.errors.clone();
             status.warnings = snap.warnings.clone();
             status.kubernetes = snap.api.clone();
+            status.map_writes = snap.map_writes;
             if let Err(e) = state::write_status(&state_dir, &status) {
                 warn!("writing status to {}: {e}", state_dir.display());
             }

@@ -43,6 +43,10 @@ pub struct AgentStatus {
     /// The Kubernetes API, when the agent watches one.
     #[serde(default)]
     pub kubernetes: Option<ApiHealth>,
+    /// Map writes (puts and deletes of service state) since the agent
+    /// started: a restart that changed nothing writes nothing.
+    #[serde(default)]
+    pub map_writes: u64,
 }
 
 /// How the agent's view of the Kubernetes API stands.

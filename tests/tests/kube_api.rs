@@ -180,3 +180,86 @@ fn kubectl_changes_reach_the_datapath_through_watches_410s_and_outages() {
     let list = sb.agent_cli(&["bpf", "lb", "list"]).unwrap();
     assert!(!list.contains("10.96.0.10"), "{list}");
 }
+
+/// Connects to the VIP in a loop from another thread until `stop`: how many
+/// succeeded and which failed.
+fn connect_loop(
+    sb: &Sandbox,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    let (cgroup, ns) = (sb.cgroup.clone(), sb.node_ns.clone());
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let out = std::process::Command::new(lash_tests::sandbox::bin("lash-probe"))
+                .arg("--cgroup")
+                .arg(&cgroup)
+                .args(["--netns", &ns, "tcp", HTTP, "--count", "50"])
+                .output()
+                .expect("lash-probe");
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let v: serde_json::Value = serde_json::from_str(line).expect("probe JSON");
+                if v["ok"] == true {
+                    ok += 1;
+                } else {
+                    failed.push(line.to_string());
+                }
+            }
+        }
+        (ok, failed)
+    })
+}
+
+#[test]
+fn agent_restarts_drop_no_connection_and_rewrite_nothing() {
+    let mut sb = Sandbox::new("krestart", 3).expect("sandbox");
+    sb.start_pod_servers().expect("pod servers");
+    let api = ApiServer::start(&sb).expect("API server");
+    api.apply(&format!(
+        "{}---\n{}",
+        service("web", VIP),
+        slice_of(&sb, &[0, 1, 2])
+    ))
+    .expect("apply");
+    sb.kubeconfig = Some(api.kubeconfig.clone());
+    sb.start_agent(&[]).expect("agent");
+    wait_programmed(&sb, &api, &ips(&sb, &[0, 1, 2]));
+    let first = sb.status_json()["map_writes"].as_u64().unwrap();
+    assert!(first > 0, "the first agent programmed the Service");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = connect_loop(&sb, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    for kill in [true, false] {
+        // SIGKILL, then SIGTERM: either way the datapath stays, and the next
+        // agent finds the maps already right.
+        sb.stop_agent(kill).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        sb.start_agent(&[]).expect("agent restart");
+        let status = sb.status_json();
+        assert_eq!(status["kubernetes"]["synced"], true, "{status}");
+        assert_eq!(
+            status["map_writes"],
+            0,
+            "a restart with nothing changed wrote to the maps (kill: {kill}): {status}\n{}",
+            sb.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = looping.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} connects failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        ok >= 100,
+        "only {ok} connects were made across the restarts"
+    );
+    eprintln!("{ok} connects across two restarts, none failed");
+    // And the restarted agent still follows the API.
+    api.apply(&slice_of(&sb, &[1])).expect("scale down");
+    wait_programmed(&sb, &api, &ips(&sb, &[1]));
+}

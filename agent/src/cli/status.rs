@@ -25,6 +25,8 @@ pub struct Status {
     pub endpoints: Option<endpoints::Summary>,
     /// The Kubernetes API, when the agent watches one.
     pub kubernetes: Option<state::ApiHealth>,
+    /// Service map writes since the agent started.
+    pub map_writes: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +67,7 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
         warnings: st.as_ref().map(|s| s.warnings.clone()).unwrap_or_default(),
         endpoints: st.as_ref().and_then(|s| s.endpoints),
         kubernetes: st.as_ref().and_then(|s| s.kubernetes.clone()),
+        map_writes: st.as_ref().map(|s| s.map_writes),
         ipam: st.and_then(|s| s.ipam),
     }
 }
@@ -112,7 +115,12 @@ pub fn table(s: &Status) -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(t);
-        let _ = writeln!(out, "Last sync:  {:.1}s ago ({n} since start)", now - t);
+        let _ = writeln!(
+            out,
+            "Last sync:  {:.1}s ago ({n} since start, {} map writes)",
+            now - t,
+            s.map_writes.unwrap_or(0)
+        );
     }
     let _ = writeln!(out, "BPF root:   {}", s.bpf_root);
     if let Some(k) = &s.kubernetes {
@@ -189,6 +197,7 @@ mod tests {
             ipam,
             endpoints: None,
             kubernetes: None,
+            map_writes: None,
         }
     }
 
