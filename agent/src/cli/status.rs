@@ -91,13 +91,19 @@ fn kubernetes_line(k: &state::ApiHealth) -> String {
     };
     let sync = if k.synced {
         format!(
-            "{} Services, {} EndpointSlices, {} full lists",
-            k.services, k.endpoint_slices, k.lists
+            "{} Services, {} EndpointSlices, {} Nodes, {} full lists",
+            k.services, k.endpoint_slices, k.nodes, k.lists
         )
     } else {
         "initial lists not complete: nothing programmed or removed yet".to_string()
     };
-    format!("{} {reach}; {sync}", k.server)
+    let node = format!(
+        "node {} (pod range {}, address {})",
+        k.node_name,
+        k.node_pod_cidr.as_deref().unwrap_or("none"),
+        k.node_ip.as_deref().unwrap_or("none")
+    );
+    format!("{} {reach}; {sync}; {node}", k.server)
 }
 
 pub fn table(s: &Status) -> String {
