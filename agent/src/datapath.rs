@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
+use lash_common::{Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
+
 use crate::{
     lb::{Reconciler, Report},
-    maps::LbMapWriter,
+    maps::{Capacity, LbMapWriter, MapWriteError},
     model::{Change, DesiredService},
 };
 
@@ -74,17 +76,75 @@ pub struct Snapshot {
     pub other_proxy: Vec<String>,
     /// The Kubernetes API's health, when that is the source.
     pub api: Option<crate::state::ApiHealth>,
+    /// Whether the last sync was a full one, and how many frontends it
+    /// could not program.
+    pub last_full: bool,
+    pub last_sync_errors: usize,
+    /// Map writes (puts and deletes) since the agent started.
+    pub map_writes: u64,
 }
 
 /// The owner thread's handle: send commands here.
 pub type Sender = mpsc::Sender<Command>;
+
+/// The maps, with every write counted: what `map_writes` in the status
+/// reports, so a restart that changed nothing can be seen to write nothing.
+struct Counted<M> {
+    maps: M,
+    writes: u64,
+}
+
+impl<M: LbMapWriter> Counted<M> {
+    fn count<T>(&mut self, r: Result<T, MapWriteError>) -> Result<T, MapWriteError> {
+        self.writes += 1;
+        r
+    }
+}
+
+impl<M: LbMapWriter> LbMapWriter for Counted<M> {
+    fn put_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<(), MapWriteError> {
+        let r = self.maps.put_service(k, v);
+        self.count(r)
+    }
+    fn del_service(&mut self, k: &Lb4Key) -> Result<(), MapWriteError> {
+        let r = self.maps.del_service(k);
+        self.count(r)
+    }
+    fn put_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
+        let r = self.maps.put_backend(id, v);
+        self.count(r)
+    }
+    fn del_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
+        let r = self.maps.del_backend(id);
+        self.count(r)
+    }
+    fn put_rev_nat(&mut self, i: u16, v: &Lb4ReverseNat) -> Result<(), MapWriteError> {
+        let r = self.maps.put_rev_nat(i, v);
+        self.count(r)
+    }
+    fn del_rev_nat(&mut self, i: u16) -> Result<(), MapWriteError> {
+        let r = self.maps.del_rev_nat(i);
+        self.count(r)
+    }
+    fn put_affinity_match(&mut self, id: u32, i: u16) -> Result<(), MapWriteError> {
+        let r = self.maps.put_affinity_match(id, i);
+        self.count(r)
+    }
+    fn del_affinity_match(&mut self, id: u32, i: u16) -> Result<(), MapWriteError> {
+        let r = self.maps.del_affinity_match(id, i);
+        self.count(r)
+    }
+    fn capacity(&self) -> Capacity {
+        self.maps.capacity()
+    }
+}
 
 /// Starts the owner thread over `maps`. `publish` is called after every
 /// command with the new snapshot (the agent writes its status file there).
 /// The thread ends when every sender is dropped.
 pub fn spawn<M, P>(
     mut reconciler: Reconciler,
-    mut maps: M,
+    maps: M,
     mut publish: P,
 ) -> (Sender, std::thread::JoinHandle<()>)
 where
@@ -96,6 +156,7 @@ where
     let handle = std::thread::Builder::new()
         .name("lash-datapath".into())
         .spawn(move || {
+            let mut maps = Counted { maps, writes: 0 };
             let mut snap = Snapshot::default();
             // Errors of the last full reconcile stand until the next one; an
             // incremental apply adds its own.
@@ -157,6 +218,9 @@ where
                     error!("{e}");
                 }
                 snap.syncs += 1;
+                snap.last_full = full;
+                snap.map_writes = maps.writes;
+                snap.last_sync_errors = report.errors.len();
                 snap.last_sync_ms = elapsed.as_secs_f64() * 1e3;
                 snap.last_event_ms = since_event.as_secs_f64() * 1e3;
                 snap.services = reconciler.programmed().services.len();

@@ -17,6 +17,7 @@ mod node;
 mod run;
 mod sources;
 mod state;
+mod telemetry;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -116,10 +117,11 @@ struct RunArgs {
     /// Seconds between sweeps of expired conntrack entries.
     #[arg(long, default_value_t = 30)]
     ct_gc_interval: u64,
-    /// This node's name as EndpointSlices give it (`nodeName`): endpoints on
-    /// it are the local ones of traffic policies Local. Default: the host
-    /// name.
-    #[arg(long)]
+    /// This node's name: the Node object that gives the pod range when
+    /// --pod-cidr is not set (Kubernetes source), and the `nodeName` of
+    /// EndpointSlice endpoints that are local to traffic policies Local.
+    /// Default: $NODE_NAME, else the host name.
+    #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
     /// This node's zone (`topology.kubernetes.io/zone`), for Services that
     /// ask for topology (zone hints). Empty: hints are not used.
@@ -130,6 +132,13 @@ struct RunArgs {
     /// Default: every node address and 127.0.0.1.
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<node::node_ports::NodePortCidr>,
+    /// Where `/healthz` answers, with kube-proxy's meaning (its port; a
+    /// DaemonSet whose probes come from elsewhere sets 0.0.0.0:10256).
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    healthz_addr: std::net::SocketAddr,
+    /// Where Prometheus metrics are served (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:9962")]
+    metrics_addr: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +268,14 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel's host name (what the kubelet names its Node by default).
+fn host_name() -> String {
+    // Lower case, as the kubelet names its Node from it.
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_default()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -287,9 +304,11 @@ fn main() -> anyhow::Result<()> {
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 pod_cidr: args.pod_cidr,
                 ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
-                node_name: args.node_name.unwrap_or_else(node::hostname),
+                node_name: args.node_name.unwrap_or_else(host_name),
                 zone: args.zone,
                 nodeport_cidrs: args.nodeport_addresses,
+                healthz_addr: args.healthz_addr,
+                metrics_addr: args.metrics_addr,
             };
             // Multi-threaded: sources and the API keep answering while the
             // map owner's thread (datapath.rs) runs a long sync.

@@ -2,6 +2,7 @@
 //! owner and the sources, and wait for a signal.
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -28,6 +29,7 @@ use crate::{
         manifest_dir::ManifestSource,
     },
     state::{self, AgentStatus},
+    telemetry::{http, Telemetry},
 };
 
 /// How long calls in flight on the CNI API may take to finish at shutdown.
@@ -54,22 +56,30 @@ pub struct RunConfig {
     pub resync: Duration,
     /// Period of the conntrack expiry sweep.
     pub ct_gc_interval: Duration,
-    /// This node's name (endpoints on it are local) and zone (topology
-    /// hints; empty: none used).
+    /// This node's name: its Node object (for the pod range) and the
+    /// `nodeName` of the endpoints local to traffic policies Local.
     pub node_name: String,
+    /// This node's zone (topology hints; empty: none used).
     pub zone: String,
     /// `--nodeport-addresses`: the node addresses node ports open on (empty:
     /// all of them, 127.0.0.1 included).
     pub nodeport_cidrs: Vec<node::node_ports::NodePortCidr>,
+    /// Where `/healthz` and `/metrics` are served.
+    pub healthz_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
 }
 
 /// The endpoint manager, with the node's side of the pod network in place:
 /// `lash_host` holding the gateway (when there is a pod range), the node's
 /// own addresses marked as the host's, and the endpoints an earlier agent
 /// left taken over.
-async fn start_endpoints(ebpf: aya::Ebpf, cfg: &RunConfig) -> anyhow::Result<Arc<Mutex<Manager>>> {
-    let mut manager = Manager::open(ebpf, &cfg.bpf_root, &cfg.state_dir, cfg.pod_cidr)?;
-    if let Some(cidr) = cfg.pod_cidr {
+async fn start_endpoints(
+    ebpf: aya::Ebpf,
+    cfg: &RunConfig,
+    pod_cidr: Option<Ipv4Cidr>,
+) -> anyhow::Result<Arc<Mutex<Manager>>> {
+    let mut manager = Manager::open(ebpf, &cfg.bpf_root, &cfg.state_dir, pod_cidr)?;
+    if let Some(cidr) = pod_cidr {
         node::ensure_host_device(cidr.gateway()).await?;
         info!(device = node::HOST_DEVICE, gateway = %cidr.gateway(), "host device ready");
     }
@@ -112,6 +122,29 @@ async fn sweep_conntrack(bpf_root: PathBuf, interval: Duration) {
     }
 }
 
+/// Serves `/healthz` or `/metrics` on `addr`. An address still held (by the
+/// agent this one takes over from, during a hand-over) is retried every
+/// second rather than failing the agent: the datapath matters more.
+async fn keep_serving(addr: SocketAddr, what: &'static str, telemetry: Arc<Telemetry>) {
+    let mut warned = false;
+    let listener = loop {
+        match http::bind(addr, what).await {
+            Ok(l) => break l,
+            Err(e) => {
+                if !warned {
+                    warn!("{e}; retrying every second");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    match what {
+        "healthz" => http::serve_health(listener, telemetry).await,
+        _ => http::serve_metrics(listener, telemetry).await,
+    }
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -119,12 +152,76 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The pod range when none is given: this node's Node's `spec.podCIDRs`,
+/// else (the API not answering) the range the saved pool was made for, else
+/// none (no pod network until a restart finds one).
+async fn node_pod_cidr(
+    client: &kube::Client,
+    node: &str,
+    state_dir: &std::path::Path,
+) -> Option<Ipv4Cidr> {
+    let stored = Ipam::stored_cidr(state_dir);
+    for attempt in 1..=3 {
+        match api_watch::this_node(client, node).await {
+            Ok(Some(info)) => {
+                let Some(text) = info.ipv4_pod_cidr() else {
+                    warn!(
+                        node,
+                        "the Node has no IPv4 pod range (spec.podCIDRs): no pod network"
+                    );
+                    return None;
+                };
+                match text.parse::<Ipv4Cidr>() {
+                    Ok(c) => {
+                        info!(node, cidr = %c, "pod range from the Node");
+                        return Some(c);
+                    }
+                    Err(e) => {
+                        warn!(
+                            node,
+                            "the Node's pod range {text:?} is not usable: {e}; no pod network"
+                        );
+                        return None;
+                    }
+                }
+            }
+            Ok(None) => {
+                warn!(
+                    node,
+                    "no Node of this name (--node-name): no pod range from the API"
+                );
+                break;
+            }
+            Err(e) if attempt < 3 => {
+                debug!(node, "reading the Node: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => warn!(node, "reading the Node: {e}"),
+        }
+    }
+    if let Some(c) = stored {
+        info!(cidr = %c, "pod range from the saved pool");
+    }
+    stored
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     loader::prepare_bpf_root(&cfg.bpf_root)?;
     let _lock = lock::acquire(&cfg.bpf_root, &cfg.state_dir)?;
+    let kube = match &cfg.source {
+        SourceChoice::Kubernetes { kubeconfig } => {
+            Some(api_watch::client(kubeconfig.as_deref()).await?)
+        }
+        SourceChoice::Manifests(_) => None,
+    };
+    let pod_cidr = match (cfg.pod_cidr, &kube) {
+        (Some(c), _) => Some(c),
+        (None, Some((client, _))) => node_pod_cidr(client, &cfg.node_name, &cfg.state_dir).await,
+        (None, None) => None,
+    };
     // Before anything is loaded: a state file for another range stops the
     // agent with the datapath untouched.
-    let ipam = match cfg.pod_cidr {
+    let ipam = match pod_cidr {
         Some(cidr) => {
             let ipam = Ipam::open(&cfg.state_dir, cidr)?;
             let u = ipam.usage();
@@ -139,7 +236,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let maps = LbMaps::open_pinned(&cfg.bpf_root)?;
     loader::attach_sock_programs(&mut ebpf, &cfg.bpf_root, &cfg.cgroup)?;
     info!(bpf_root = %cfg.bpf_root.display(), cgroup = %cfg.cgroup.display(), "socket programs attached");
-    let endpoints = start_endpoints(ebpf, &cfg).await?;
+    let endpoints = start_endpoints(ebpf, &cfg, pod_cidr).await?;
 
     let programmed = Programmed::from_entries(
         maps.services_entries()?,
@@ -174,11 +271,27 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         ),
         ..Default::default()
     }));
+    // kube-proxy's health timeout: twice its sync period.
+    let telemetry = Arc::new(Telemetry::new(cfg.bpf_root.clone(), cfg.resync * 2));
+    let listeners = [
+        tokio::spawn(keep_serving(cfg.healthz_addr, "healthz", telemetry.clone())),
+        tokio::spawn(keep_serving(cfg.metrics_addr, "metrics", telemetry.clone())),
+    ];
     let publish = {
         // IPAM use is the API's to update: the map owner never waits on the
         // IPAM lock (held while its file is synced).
         let (status, state_dir) = (status.clone(), cfg.state_dir.clone());
+        let telemetry = telemetry.clone();
+        let mut syncs_seen = 0;
         move |snap: &datapath::Snapshot| {
+            if snap.syncs != syncs_seen {
+                syncs_seen = snap.syncs;
+                telemetry.metrics.observe_sync(
+                    snap.last_full,
+                    snap.last_sync_ms / 1e3,
+                    snap.last_sync_errors,
+                );
+            }
             let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
             status.syncs = snap.syncs;
             status.last_sync_unix = unix_now();
@@ -190,6 +303,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             status.warnings = snap.warnings.clone();
             status.other_proxy = snap.other_proxy.clone();
             status.kubernetes = snap.api.clone();
+            status.map_writes = snap.map_writes;
             if let Err(e) = state::write_status(&state_dir, &status) {
                 warn!("writing status to {}: {e}", state_dir.display());
             }
@@ -243,7 +357,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let source = match &cfg.source {
         SourceChoice::Manifests(dir) => {
-            let s = ManifestSource::new(dir.clone()).with_node(node_ctx);
+            let s = ManifestSource::new(dir.clone(), telemetry.clone()).with_node(node_ctx);
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)
@@ -251,9 +365,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                     .map_err(anyhow::Error::from)
             })
         }
-        SourceChoice::Kubernetes { kubeconfig } => {
-            let (client, server) = api_watch::client(kubeconfig.as_deref()).await?;
-            let s = KubeSource::new(client, server).with_node(node_ctx);
+        SourceChoice::Kubernetes { .. } => {
+            let (client, server) = kube.expect("made above for this source");
+            let s = KubeSource::new(client, server, cfg.node_name.clone(), telemetry.clone())
+                .with_node(node_ctx);
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)
@@ -291,6 +406,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let _ = source.await;
     }
     ct_gc.abort();
+    for l in listeners {
+        l.abort();
+    }
     tokio::task::spawn_blocking(move || owner.join()).await.ok();
     info!("exiting; the datapath stays programmed and attached (`agent uninstall` removes it)");
     result

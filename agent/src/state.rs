@@ -47,6 +47,10 @@ pub struct AgentStatus {
     /// The Kubernetes API, when the agent watches one.
     #[serde(default)]
     pub kubernetes: Option<ApiHealth>,
+    /// Map writes (puts and deletes of service state) since the agent
+    /// started: a restart that changed nothing writes nothing.
+    #[serde(default)]
+    pub map_writes: u64,
 }
 
 /// How the agent's view of the Kubernetes API stands.
@@ -65,6 +69,11 @@ pub struct ApiHealth {
     /// Objects known, by resource.
     pub services: usize,
     pub endpoint_slices: usize,
+    pub nodes: usize,
+    /// This node's name, and its pod range and InternalIP as its Node says.
+    pub node_name: String,
+    pub node_pod_cidr: Option<String>,
+    pub node_ip: Option<String>,
     /// Full lists done (the first, then one per 410 or reconnect that needed it).
     pub lists: u64,
 }

@@ -2,8 +2,10 @@
 //! and helpers to drive the agent and probe binaries inside them. Used by the
 //! integration tests in tests/tests/, by `cargo xtask demo` and by the bench.
 
+pub mod apiserver;
 pub mod cni;
 pub mod ebpf;
+pub mod http;
 pub mod manifests;
 pub mod netns;
 pub mod podman;

@@ -43,6 +43,9 @@ pub struct Sandbox {
     pub cgroup: PathBuf,
     pub bpf_root: PathBuf,
     pub work: PathBuf,
+    /// When set, the agent watches the API server of this kubeconfig
+    /// instead of the manifest directory.
+    pub kubeconfig: Option<PathBuf>,
     namespaces: Vec<String>,
     servers: Vec<Child>,
     agent: Option<Child>,
@@ -144,6 +147,7 @@ impl Sandbox {
             namespaces: Vec::new(),
             servers: Vec::new(),
             agent: None,
+            kubeconfig: None,
             name,
         };
         // From here on, drop cleans up whatever was made.
@@ -368,14 +372,34 @@ impl Sandbox {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> anyhow::Result<()> {
+        self.spawn_agent_with(extra, env)?;
+        if wait_for(timeout, || (self.syncs() >= 1).then_some(())).is_none() {
+            bail!(
+                "agent did not report a sync within {timeout:?}; log:\n{}",
+                self.agent_log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts `agent run` without waiting for anything (an agent that is not
+    /// meant to sync, or whose first sync the test watches itself).
+    pub fn spawn_agent(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.spawn_agent_with(extra, &[])
+    }
+
+    fn spawn_agent_with(&mut self, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(self.state_dir().join("status.json"));
         let log = std::fs::File::create(self.work.join("agent.log"))?;
+        let source = match &self.kubeconfig {
+            Some(k) => ["--kubeconfig".into(), k.clone()],
+            None => ["--manifests".into(), self.manifests()],
+        };
         let child = self
             .agent_cmd()
             .envs(env.iter().copied())
             .arg("run")
-            .arg("--manifests")
-            .arg(self.manifests())
+            .args(source)
             .arg("--cgroup")
             .arg(&self.cgroup)
             .args(extra)
@@ -384,12 +408,6 @@ impl Sandbox {
             .spawn()
             .with_context(|| format!("starting {}", bin("agent").display()))?;
         self.agent = Some(child);
-        if wait_for(timeout, || (self.syncs() >= 1).then_some(())).is_none() {
-            bail!(
-                "agent did not report a sync within {timeout:?}; log:\n{}",
-                self.agent_log()
-            );
-        }
         Ok(())
     }
 

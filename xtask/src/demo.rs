@@ -5,6 +5,11 @@
 //! socket LB, from a pod through the tc path), and the agent's view of
 //! endpoints, ipcache, services, conntrack and drops. Cleans up on exit and
 //! on Ctrl-C.
+//!
+//! With `--k8s` the agent watches a Kubernetes API instead (the stand-in API
+//! server of tests/kmock, in the node namespace): its pod range comes from
+//! its Node object, the Service and slice are applied with kubectl, and
+//! scale-like edits of the slice are shown reaching the datapath live.
 
 use std::{
     collections::BTreeMap,
@@ -15,6 +20,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use lash_tests::{
+    apiserver::ApiServer,
     manifests::{endpoint_slice, service, Cond},
     podman::{Container, Podman},
     sandbox::{Sandbox, POD_TCP_PORT, POD_UDP_PORT},
@@ -40,7 +46,41 @@ fn section(title: &str) {
 const POD_CIDR: &str = "10.244.0.0/24";
 const PODS: usize = 6;
 
-pub fn run(hold: bool) -> anyhow::Result<()> {
+/// The node's name in the Kubernetes demo: its Node object carries the pod range.
+const NODE: &str = "demo-node";
+
+fn node_manifest() -> String {
+    format!(
+        "apiVersion: v1
+kind: Node
+metadata:
+  name: {NODE}
+spec:
+  podCIDR: {POD_CIDR}
+  podCIDRs: [\"{POD_CIDR}\"]
+status:
+  addresses:
+  - type: InternalIP
+    address: 192.168.0.10
+"
+    )
+}
+
+/// The backends the agent has programmed behind `frontend`, by IP.
+fn programmed(sb: &Sandbox, frontend: &str) -> Option<Vec<String>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&sb.agent_cli(&["service", "list", "-o", "json"]).ok()?).ok()?;
+    let svc = v.as_array()?.iter().find(|s| s["frontend"] == frontend)?;
+    Some(
+        svc["backends"]
+            .as_array()?
+            .iter()
+            .filter_map(|b| b["address"].as_str()?.split(':').next().map(str::to_string))
+            .collect(),
+    )
+}
+
+pub fn run(hold: bool, k8s: bool) -> anyhow::Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
@@ -54,7 +94,23 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         sb.node_ns,
         sb.cgroup.display()
     );
-    sb.start_agent(&["--pod-cidr", POD_CIDR])?;
+    // The API server (with --k8s) lives in the node namespace too; dropped
+    // after the containers, before the sandbox.
+    let api = if k8s {
+        let api = ApiServer::start(&sb)?;
+        section(&format!(
+            "Kubernetes API (stand-in) at http://127.0.0.1:{} in the node namespace; kubectl apply -f node.yaml",
+            api.port
+        ));
+        print!("{}", node_manifest());
+        print!("{}", api.apply(&node_manifest())?);
+        sb.kubeconfig = Some(api.kubeconfig.clone());
+        sb.start_agent(&["--node-name", NODE])?;
+        Some(api)
+    } else {
+        sb.start_agent(&["--pod-cidr", POD_CIDR])?;
+        None
+    };
     check()?;
 
     let network = format!("lash-demo-{}", std::process::id());
@@ -101,14 +157,23 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         endpoint_slice("web", &ips)
     );
     let syncs = sb.syncs();
-    sb.write_manifest("web.yaml", &manifest)?;
-    section(&format!(
-        "manifest {}",
-        sb.manifests().join("web.yaml").display()
-    ));
-    print!("{manifest}");
+    match &api {
+        Some(api) => {
+            section("kubectl apply -f web.yaml");
+            print!("{manifest}");
+            print!("{}", api.apply(&manifest)?);
+        }
+        None => {
+            sb.write_manifest("web.yaml", &manifest)?;
+            section(&format!(
+                "manifest {}",
+                sb.manifests().join("web.yaml").display()
+            ));
+            print!("{manifest}");
+        }
+    }
     if !sb.wait_synced_after(syncs, std::time::Duration::from_secs(10)) {
-        bail!("the agent did not pick up the manifest");
+        bail!("the agent did not pick up the Service");
     }
     section("agent status");
     print!("{}", sb.agent_cli(&["status"])?);
@@ -143,6 +208,10 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
         pod_lines[0]["peer"].as_str().unwrap_or("?")
     );
     check()?;
+
+    if let Some(api) = &api {
+        scale_live(&sb, api, &pods[..PODS])?;
+    }
 
     section("client: 5 datagrams to 10.96.0.10:53/UDP from one socket");
     for l in sb.probe("udp", "10.96.0.10:53", 5)? {
@@ -213,10 +282,55 @@ pub fn run(hold: bool) -> anyhow::Result<()> {
     }
     drop(pm);
     sb.stop_agent(false)?;
+    drop(api);
     drop(sb);
     section("cleaned up: containers, namespaces, cgroups, pinned maps and links removed");
     if hist.len() != PODS || pod_hist.len() < 2 {
         bail!("expected requests spread over the pods, got {hist:?} and {pod_hist:?}");
+    }
+    Ok(())
+}
+
+/// Scale-like edits of the slice through the API: down to two pods, then
+/// back to all, each shown reaching the datapath (how long it took, where
+/// the next requests go).
+fn scale_live(sb: &Sandbox, api: &ApiServer, pods: &[(String, Ipv4Addr)]) -> anyhow::Result<()> {
+    for keep in [2, pods.len()] {
+        let ips: Vec<(Ipv4Addr, Cond)> = pods[..keep]
+            .iter()
+            .map(|(_, ip)| (*ip, Cond::Ready))
+            .collect();
+        section(&format!(
+            "kubectl apply: the EndpointSlice now names {keep} pods (a scale to {keep})"
+        ));
+        let t = std::time::Instant::now();
+        print!("{}", api.apply(&endpoint_slice("web", &ips))?);
+        let want: Vec<String> = ips.iter().map(|(ip, _)| ip.to_string()).collect();
+        let mut seen = None;
+        while t.elapsed() < std::time::Duration::from_secs(10) {
+            let mut p = programmed(sb, "10.96.0.10:80/TCP").unwrap_or_default();
+            p.sort();
+            let mut w = want.clone();
+            w.sort();
+            if p == w {
+                seen = Some(t.elapsed());
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let Some(took) = seen else {
+            bail!("the agent did not follow the slice to {keep} pods");
+        };
+        println!(
+            "  in the maps {:.0} ms after kubectl started (kubectl's own run included)",
+            took.as_secs_f64() * 1e3
+        );
+        println!("  30 requests from the node:");
+        let hist = histogram(&sb.probe("tcp", "10.96.0.10:80", 30)?);
+        if hist.len() != keep {
+            bail!("expected requests spread over {keep} pods, got {hist:?}");
+        }
+        check()?;
     }
     Ok(())
 }

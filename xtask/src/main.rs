@@ -33,6 +33,10 @@ enum Cmd {
         /// Keep the sandbox up until Ctrl-C, to look around.
         #[arg(long)]
         hold: bool,
+        /// The agent watches a Kubernetes API (a stand-in server in the
+        /// sandbox) instead of a manifest directory.
+        #[arg(long)]
+        k8s: bool,
     },
     /// lash vs kube-proxy's iptables and nftables rules vs no translation,
     /// then pod networking, CNI latency and from-container per packet.
@@ -86,9 +90,9 @@ fn main() -> anyhow::Result<()> {
             // programs; one at a time keeps them clear of each other on 2 cores.
             cargo(&["test", "-p", "lash-tests", "--", "--test-threads=1"])
         }
-        Cmd::Demo { hold } => {
+        Cmd::Demo { hold, k8s } => {
             build()?;
-            demo::run(hold)
+            demo::run(hold, k8s)
         }
         Cmd::Bench { quick, sizes, arms } => {
             setup::setup()?;

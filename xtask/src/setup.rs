@@ -32,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// KMock, from PyPI, under the stand-in Kubernetes API server the integration
+/// tests run (tests/kmock/): no kube-apiserver binary is packaged here.
+const KMOCK_VERSION: &str = "0.8";
+
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
@@ -53,6 +57,14 @@ fn bpf_linker_ok() -> bool {
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn kmock_ok() -> bool {
+    Command::new("python3")
+        .args(["-c", "import kmock"])
+        .output()
+        .map(|o| o.status.success())
         .unwrap_or(false)
 }
 
@@ -90,6 +102,25 @@ pub fn setup() -> anyhow::Result<()> {
             bail!(
                 "bpf-linker {BPF_LINKER_VERSION} is still not on PATH (is ~/.cargo/bin on PATH?)"
             );
+        }
+    }
+    if !kmock_ok() {
+        eprintln!("xtask setup: installing kmock {KMOCK_VERSION} for python3");
+        let pkg = format!("kmock=={KMOCK_VERSION}");
+        // Debian's own python3 marks itself externally managed and refuses
+        // a plain `pip install`; a python3 from elsewhere (pyenv) takes it.
+        if run(Command::new("python3").args(["-m", "pip", "install", "-q", &pkg])).is_err() {
+            run(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--break-system-packages",
+                &pkg,
+            ]))?;
+        }
+        if !kmock_ok() {
+            bail!("python3 still cannot import kmock after installing it");
         }
     }
     Ok(())

@@ -27,6 +27,8 @@ pub struct Status {
     pub endpoints: Option<endpoints::Summary>,
     /// The Kubernetes API, when the agent watches one.
     pub kubernetes: Option<state::ApiHealth>,
+    /// Service map writes since the agent started.
+    pub map_writes: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +73,7 @@ pub fn collect(bpf_root: &Path, state_dir: &Path) -> Status {
             .unwrap_or_default(),
         endpoints: st.as_ref().and_then(|s| s.endpoints),
         kubernetes: st.as_ref().and_then(|s| s.kubernetes.clone()),
+        map_writes: st.as_ref().map(|s| s.map_writes),
         ipam: st.and_then(|s| s.ipam),
     }
 }
@@ -94,13 +97,19 @@ fn kubernetes_line(k: &state::ApiHealth) -> String {
     };
     let sync = if k.synced {
         format!(
-            "{} Services, {} EndpointSlices, {} full lists",
-            k.services, k.endpoint_slices, k.lists
+            "{} Services, {} EndpointSlices, {} Nodes, {} full lists",
+            k.services, k.endpoint_slices, k.nodes, k.lists
         )
     } else {
         "initial lists not complete: nothing programmed or removed yet".to_string()
     };
-    format!("{} {reach}; {sync}", k.server)
+    let node = format!(
+        "node {} (pod range {}, address {})",
+        k.node_name,
+        k.node_pod_cidr.as_deref().unwrap_or("none"),
+        k.node_ip.as_deref().unwrap_or("none")
+    );
+    format!("{} {reach}; {sync}; {node}", k.server)
 }
 
 pub fn table(s: &Status) -> String {
@@ -118,7 +127,12 @@ pub fn table(s: &Status) -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(t);
-        let _ = writeln!(out, "Last sync:  {:.1}s ago ({n} since start)", now - t);
+        let _ = writeln!(
+            out,
+            "Last sync:  {:.1}s ago ({n} since start, {} map writes)",
+            now - t,
+            s.map_writes.unwrap_or(0)
+        );
     }
     let _ = writeln!(out, "BPF root:   {}", s.bpf_root);
     if let Some(k) = &s.kubernetes {
@@ -203,6 +217,7 @@ mod tests {
             ipam,
             endpoints: None,
             kubernetes: None,
+            map_writes: None,
         }
     }
 

@@ -93,6 +93,11 @@ impl Ipam {
         })
     }
 
+    /// The range of the pool saved in `state_dir`, if any.
+    pub fn stored_cidr(state_dir: &Path) -> Option<Ipv4Cidr> {
+        Store::new(state_dir).stored_cidr()
+    }
+
     pub fn usage(&self) -> Usage {
         let pool = self.lock();
         let cidr = pool.cidr();

@@ -49,6 +49,13 @@ impl Store {
         move |source| IpamError::Io { path, source }
     }
 
+    /// The range of the saved pool, if there is a readable one: what a
+    /// restarted agent keeps serving when nothing else names the range.
+    pub fn stored_cidr(&self) -> Option<Ipv4Cidr> {
+        let text = fs::read_to_string(&self.path).ok()?;
+        serde_json::from_str::<OnDisk>(&text).ok().map(|d| d.cidr)
+    }
+
     /// The saved pool for `cidr`, or an empty one if there is no file yet.
     /// A file for another range is refused, not dropped: its owners may be
     /// running pods.

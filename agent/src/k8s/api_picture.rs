@@ -13,6 +13,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
+    time::SystemTime,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -39,10 +40,19 @@ impl Kind {
     }
 }
 
+/// The annotation the EndpointSlice controller stamps with the time of the
+/// change (a pod becoming ready, a Service edited) that led to the slice's
+/// current contents: where kube-proxy's network-programming latency starts.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 /// An object kind the picture takes in.
 pub trait Watched: kube::Resource + Sized {
     const KIND: Kind;
     fn into_objects(self) -> FileObjects;
+    /// When the change this object carries was triggered, if it says.
+    fn trigger_time(&self) -> Option<SystemTime> {
+        None
+    }
 }
 
 impl Watched for Service {
@@ -63,6 +73,15 @@ impl Watched for EndpointSlice {
             slices: vec![self],
         }
     }
+    fn trigger_time(&self) -> Option<SystemTime> {
+        let text = self
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(TRIGGER_TIME_ANNOTATION)?;
+        let t = k8s_openapi::chrono::DateTime::parse_from_rfc3339(text).ok()?;
+        Some(SystemTime::from(t))
+    }
 }
 
 /// What we keep of an object taken in: enough to take it out again.
@@ -80,6 +99,8 @@ pub struct ApiPicture {
     relisting: [Option<HashSet<PathBuf>>; 2],
     /// Per kind, whether a first list has completed.
     listed: [bool; 2],
+    /// Trigger times of the changes taken in since the last `take_triggers`.
+    triggers: Vec<SystemTime>,
 }
 
 fn path_of<K: Watched>(obj: &K) -> PathBuf {
@@ -104,18 +125,23 @@ impl ApiPicture {
         self.relisting.iter().any(Option::is_some)
     }
 
+    /// The trigger times of the changes taken in since the last call.
+    pub fn take_triggers(&mut self) -> Vec<SystemTime> {
+        std::mem::take(&mut self.triggers)
+    }
+
     /// How many objects of each kind are known.
     pub fn count(&self, kind: Kind) -> usize {
         self.known.values().filter(|k| k.kind == kind).count()
     }
 
-    /// Takes in one event of the merged watches: the file changes it makes,
-    /// or the watch error it carries.
-    pub fn take(&mut self, ev: ApiEvent) -> Result<Vec<FileChange>, (Kind, String)> {
+    /// Takes in one event of the merged watches: the file changes it makes.
+    /// Nodes are not the picture's: the caller hands them to its NodeIndex.
+    pub fn take(&mut self, ev: ApiEvent) -> Vec<FileChange> {
         match ev {
-            ApiEvent::Service(e) => Ok(self.event(e)),
-            ApiEvent::Slice(e) => Ok(self.event(e)),
-            ApiEvent::Error(kind, e) => Err((kind, e)),
+            ApiEvent::Service(e) => self.event(e),
+            ApiEvent::Slice(e) => self.event(e),
+            ApiEvent::Node(_) | ApiEvent::Error(..) | ApiEvent::Expired(_) => Vec::new(),
         }
     }
 
@@ -158,6 +184,11 @@ impl ApiPicture {
             if rv.is_some() && k.resource_version == rv {
                 return None;
             }
+        }
+        // Only a live change counts: a relist replaying an old trigger time
+        // would measure the outage, not the programming.
+        if self.listed[K::KIND as usize] && self.relisting[K::KIND as usize].is_none() {
+            self.triggers.extend(obj.trigger_time());
         }
         let new = obj.into_objects();
         let keys = FileKeys::of(&new);

@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{watcher, WatchStreamExt},
@@ -14,7 +17,7 @@ use kube::{
 };
 use thiserror::Error;
 
-use super::api_picture::Kind;
+use super::{api_picture::Kind, nodes::NodeInfo};
 
 /// Objects labelled for another proxy are that proxy's, as kube-proxy
 /// leaves them alone; slices of headless Services have nothing to serve.
@@ -70,8 +73,21 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<(Client, String), Clien
 pub enum ApiEvent {
     Service(watcher::Event<Service>),
     Slice(watcher::Event<EndpointSlice>),
-    /// A watch failed (it retries by itself, with backoff).
-    Error(Kind, String),
+    Node(watcher::Event<Node>),
+    /// A watch failed (it retries by itself, with backoff); the resource.
+    Error(&'static str, String),
+    /// The server no longer has the history a watch asked to resume from
+    /// (410 Gone): the watcher lists afresh. Not an outage.
+    Expired(&'static str),
+}
+
+/// A watcher failure as an event: 410 is the normal end of a watch's
+/// history, anything else means the API is not answering as it should.
+fn failure(resource: &'static str, e: watcher::Error) -> ApiEvent {
+    match &e {
+        watcher::Error::WatchError(status) if status.code == 410 => ApiEvent::Expired(resource),
+        _ => ApiEvent::Error(resource, e.to_string()),
+    }
 }
 
 impl ApiEvent {
@@ -79,7 +95,9 @@ impl ApiEvent {
     pub fn is_list_done(&self) -> bool {
         matches!(
             self,
-            ApiEvent::Service(watcher::Event::InitDone) | ApiEvent::Slice(watcher::Event::InitDone)
+            ApiEvent::Service(watcher::Event::InitDone)
+                | ApiEvent::Slice(watcher::Event::InitDone)
+                | ApiEvent::Node(watcher::Event::InitDone)
         )
     }
 
@@ -89,8 +107,10 @@ impl ApiEvent {
         !matches!(
             self,
             ApiEvent::Error(..)
+                | ApiEvent::Expired(..)
                 | ApiEvent::Service(watcher::Event::Init)
                 | ApiEvent::Slice(watcher::Event::Init)
+                | ApiEvent::Node(watcher::Event::Init)
         )
     }
 }
@@ -105,18 +125,34 @@ pub fn watch(client: Client) -> impl Stream<Item = ApiEvent> + Send {
     .default_backoff()
     .map(|r| match r {
         Ok(ev) => ApiEvent::Service(ev),
-        Err(e) => ApiEvent::Error(Kind::Service, e.to_string()),
+        Err(e) => failure(Kind::Service.resource(), e),
     });
     let slices = watcher(
-        Api::<EndpointSlice>::all(client),
+        Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(SLICE_SELECTOR),
     )
     .default_backoff()
     .map(|r| match r {
         Ok(ev) => ApiEvent::Slice(ev),
-        Err(e) => ApiEvent::Error(Kind::Slice, e.to_string()),
+        Err(e) => failure(Kind::Slice.resource(), e),
     });
-    futures::stream::select(services, slices)
+    let nodes = watcher(Api::<Node>::all(client), watcher::Config::default())
+        .default_backoff()
+        .map(|r| match r {
+            Ok(ev) => ApiEvent::Node(ev),
+            Err(e) => failure("nodes", e),
+        });
+    futures::stream::select(futures::stream::select(services, slices), nodes)
+}
+
+/// This node's Node object, compact; Ok(None) when the API says there is no
+/// such node.
+pub async fn this_node(client: &Client, name: &str) -> Result<Option<NodeInfo>, String> {
+    Api::<Node>::all(client.clone())
+        .get_opt(name)
+        .await
+        .map(|n| n.as_ref().map(NodeInfo::of))
+        .map_err(|e| e.to_string())
 }
 
 /// Whether the API server answers at all (used to notice it is back when no

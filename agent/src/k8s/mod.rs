@@ -10,4 +10,7 @@ pub mod ignored;
 pub mod index;
 pub mod manifests;
 pub mod node_context;
+pub mod nodes;
+#[cfg(test)]
+mod rbac_tests;
 pub mod translate;

@@ -14,6 +14,7 @@
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -29,9 +30,11 @@ use crate::{
         api_watch::{self, ApiEvent},
         index::ServiceIndex,
         node_context::NodeContext,
+        nodes::NodeIndex,
     },
     model::{Change, L4Addr},
     state::ApiHealth,
+    telemetry::Telemetry,
 };
 
 /// How often an unreachable API is asked whether it is back.
@@ -48,6 +51,7 @@ pub struct KubeSource {
     client: kube::Client,
     index: ServiceIndex,
     picture: ApiPicture,
+    nodes: NodeIndex,
     /// Frontend changes not sent yet, the last per frontend.
     pending: BTreeMap<L4Addr, Change>,
     /// When the oldest of `pending` was learned.
@@ -55,6 +59,7 @@ pub struct KubeSource {
     /// The first full reconcile has been sent.
     full_sent: bool,
     health: ApiHealth,
+    telemetry: Arc<Telemetry>,
 }
 
 fn unix_now() -> f64 {
@@ -72,18 +77,26 @@ fn frontend(c: &Change) -> L4Addr {
 }
 
 impl KubeSource {
-    pub fn new(client: kube::Client, server: String) -> Self {
+    pub fn new(
+        client: kube::Client,
+        server: String,
+        node_name: String,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         KubeSource {
             client,
             index: ServiceIndex::default(),
             picture: ApiPicture::default(),
+            nodes: NodeIndex::default(),
             pending: BTreeMap::new(),
             pending_since: None,
             full_sent: false,
             health: ApiHealth {
                 server,
+                node_name,
                 ..Default::default()
             },
+            telemetry,
         }
     }
 
@@ -114,53 +127,88 @@ impl KubeSource {
     fn take(&mut self, ev: ApiEvent) -> bool {
         let was = self.health.clone();
         let (list_done, proves_up) = (ev.is_list_done(), ev.proves_reachable());
-        match tokio::task::block_in_place(|| self.picture.take(ev)) {
-            Ok(files) => {
-                if proves_up {
-                    self.health.down_since_unix = None;
+        if proves_up {
+            self.health.down_since_unix = None;
+        }
+        if list_done {
+            self.health.lists += 1;
+        }
+        match ev {
+            ApiEvent::Error(resource, e) => {
+                if self.health.down_since_unix.is_none() {
+                    warn!(resource, "Kubernetes watch failed: {e}");
                 }
-                if list_done {
-                    self.health.lists += 1;
-                }
+                self.health.down_since_unix.get_or_insert_with(unix_now);
+                self.health.last_error = Some(format!("watching {resource}: {e}"));
+            }
+            ApiEvent::Expired(resource) => {
+                info!(resource, "watch history expired (410); listing again");
+            }
+            ApiEvent::Node(e) => self.nodes.event(e),
+            ev => {
+                let files = tokio::task::block_in_place(|| self.picture.take(ev));
                 if !files.is_empty() {
                     let changes = tokio::task::block_in_place(|| self.index.apply_files(files));
-                    if !changes.is_empty() {
-                        self.pending_since.get_or_insert_with(Instant::now);
+                    if !changes.is_empty() && self.pending_since.is_none() {
+                        self.pending_since = Some(Instant::now());
+                        self.telemetry.health.queued(SystemTime::now());
                     }
                     for c in changes {
                         self.pending.insert(frontend(&c), c);
                     }
                 }
             }
-            Err((kind, e)) => {
-                if self.health.down_since_unix.is_none() {
-                    warn!(resource = kind.resource(), "Kubernetes watch failed: {e}");
-                }
-                self.health.down_since_unix.get_or_insert_with(unix_now);
-                self.health.last_error = Some(format!("watching {}: {e}", kind.resource()));
-            }
         }
-        self.health.synced = self.picture.synced();
+        self.telemetry
+            .metrics
+            .set_api_up(self.health.down_since_unix.is_none());
+        self.health.synced = self.synced();
         self.health.services = self.picture.count(Kind::Service);
         self.health.endpoint_slices = self.picture.count(Kind::Slice);
+        self.health.nodes = self.nodes.len();
+        let me = self.nodes.get(&self.health.node_name);
+        self.health.node_pod_cidr = me.and_then(|n| n.ipv4_pod_cidr().map(str::to_string));
+        self.health.node_ip = me.and_then(|n| n.internal_ip.map(|ip| ip.to_string()));
         self.health != was
     }
 
+    /// Every watched kind has been listed in full once.
+    fn synced(&self) -> bool {
+        self.picture.synced() && self.nodes.listed()
+    }
+
+    /// A list is under way: changes wait for it to be whole.
+    fn relisting(&self) -> bool {
+        self.picture.relisting() || self.nodes.relisting()
+    }
+
+    /// Sends a sync and waits for the owner's outcome; then the changes are
+    /// in the maps: health and programming latency take note.
     async fn send(
-        &self,
+        &mut self,
         tx: &datapath::Sender,
         cmd: Command,
         done: oneshot::Receiver<Outcome>,
     ) -> Option<Outcome> {
+        let full = matches!(cmd, Command::Resync { .. });
+        let triggers = self.picture.take_triggers();
         tx.send(cmd).await.ok()?;
-        done.await.ok()
+        let outcome = done.await.ok()?;
+        let now = SystemTime::now();
+        self.telemetry.health.updated(now, full);
+        for t in triggers {
+            // A trigger stamped by a clock ahead of ours counts as 0.
+            let secs = now.duration_since(t).unwrap_or_default().as_secs_f64();
+            self.telemetry.metrics.observe_programming(secs);
+        }
+        Some(outcome)
     }
 
     /// Sends what is due: the first full reconcile once every kind is listed,
     /// then the pending changes whenever no list is under way. Returns the
     /// owner's outcome of what was sent, if anything was.
     async fn flush(&mut self, tx: &datapath::Sender, health_moved: bool) -> Option<Outcome> {
-        if !self.picture.synced() || (self.full_sent && self.picture.relisting()) {
+        if !self.synced() || (self.full_sent && self.relisting()) {
             if health_moved {
                 let _ = tx
                     .send(Command::Status {
@@ -264,14 +312,15 @@ impl KubeSource {
                     if api_watch::reachable(&self.client).await.is_ok() {
                         info!("the Kubernetes API answers again");
                         self.health.down_since_unix = None;
+                        self.telemetry.metrics.set_api_up(true);
                         let _ = tx.send(Command::Status { source: self.state() }).await;
                     }
                 }
-                _ = resync_timer.tick(), if self.full_sent && !self.picture.relisting() => {
+                _ = resync_timer.tick(), if self.full_sent && !self.relisting() => {
                     self.full(&tx).await;
                     full_due = None;
                 }
-                _ = retry.tick(), if full_due.is_some_and(|t| Instant::now() >= t) && !self.picture.relisting() => {
+                _ = retry.tick(), if full_due.is_some_and(|t| Instant::now() >= t) && !self.relisting() => {
                     self.full(&tx).await;
                     full_due = None;
                 }

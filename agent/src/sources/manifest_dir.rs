@@ -5,7 +5,8 @@
 
 use std::{
     path::PathBuf,
-    time::{Duration, Instant},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use notify::Watcher as _;
@@ -17,6 +18,7 @@ use crate::{
     datapath::{self, Command, Outcome, SourceState},
     k8s::{index::ServiceIndex, manifests::ManifestDir, node_context::NodeContext},
     model::Change,
+    telemetry::Telemetry,
 };
 
 #[derive(Debug, Error)]
@@ -33,15 +35,17 @@ pub struct ManifestSource {
     index: ServiceIndex,
     /// Errors of files that do not parse, from the last refresh.
     file_errors: Vec<String>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl ManifestSource {
-    pub fn new(dir: PathBuf) -> Self {
+    pub fn new(dir: PathBuf, telemetry: Arc<Telemetry>) -> Self {
         ManifestSource {
             source: ManifestDir::new(&dir),
             dir,
             index: ServiceIndex::default(),
             file_errors: Vec::new(),
+            telemetry,
         }
     }
 
@@ -102,8 +106,13 @@ impl ManifestSource {
                 done: Some(done),
             }
         };
+        self.telemetry
+            .health
+            .queued(SystemTime::now() - since.elapsed());
         tx.send(cmd).await.ok()?;
-        outcome.await.ok()
+        let o = outcome.await.ok()?;
+        self.telemetry.health.updated(SystemTime::now(), full);
+        Some(o)
     }
 
     /// A full sync: everything on disk, all of it sent.

@@ -14,4 +14,6 @@
 pub mod cni_api;
 mod cni_messages;
 pub mod kube_api;
+#[cfg(test)]
+mod kube_api_tests;
 pub mod manifest_dir;
