@@ -270,7 +270,7 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
             plan.rounds, plan.connects, plan.rr_millis
         ),
         "packet_method": format!(
-            "BPF_PROG_TEST_RUN of from_container and of a pass-through tc program (tc_pass: returns TC_ACT_OK) on the same 54-byte TCP SYN frames, one run per call on a fresh copy of the frame (the kernel's repeat would rerun on the rewritten packet), {} calls per sample (median of the kernel's per-call time, timer reads included), {} samples per program and frame in rotating order, on a thread in a network namespace of its own; medians",
+            "BPF_PROG_TEST_RUN of from_container and of a pass-through tc program (tc_pass: returns TC_ACT_OK) on the same 54-byte TCP frames (a SYN opening a flow and an ACK in the middle of one, to a local pod and to a ClusterIP), one run per call on a fresh copy of the frame (the kernel's repeat would rerun on the rewritten packet), {} calls per sample (median of the kernel's per-call time, timer reads included), {} samples per program and frame in rotating order, on a thread in a network namespace of its own; medians",
             packet_plan.runs, packet_plan.rounds
         ),
     });
