@@ -388,6 +388,49 @@ def run_steps(check: Checker, api: Api, kubectl_bin: str, kubeconfig_path: str, 
         return 'two pages of two; a continue token from before a compaction gets HTTP 410'
     check.step('list paging (limit/continue) and 410 for a stale continue', paging)
 
+    def bulk_load() -> str:
+        before = api.ok('GET', '/api/v1/services')['metadata']['resourceVersion']
+        # More than aiohttp's 1 MiB body limit, all or none, each object stamped.
+        slices = [{'apiVersion': 'discovery.k8s.io/v1', 'kind': 'EndpointSlice',
+                   'metadata': {'name': f'bulk-{i}-x', 'namespace': 'bulk', 'labels': {'kubernetes.io/service-name': f'bulk-{i}'}},
+                   'addressType': 'IPv4', 'ports': [{'name': 'http', 'port': 8080, 'protocol': 'TCP'}],
+                   'endpoints': [{'addresses': [f'10.128.{i // 250}.{i % 250 + k}'], 'conditions': {'ready': True}} for k in range(3)]}
+                  for i in range(3000)]
+        services = [{'apiVersion': 'v1', 'kind': 'Service', 'metadata': {'name': 'bulk-a', 'namespace': 'bulk'},
+                     'spec': {'clusterIP': '10.96.0.77', 'ports': [{'port': 80}]}},
+                    {'apiVersion': 'v1', 'kind': 'Service', 'metadata': {'name': 'bulk-b', 'namespace': 'bulk'},
+                     'spec': {'ports': [{'port': 80}]}}]
+        body = services + slices
+        size = len(json.dumps(body))
+        expect(size > 1024 * 1024, f'the body is only {size} bytes')
+        clash = {'apiVersion': 'v1', 'kind': 'Service', 'metadata': {'name': 'bulk-c', 'namespace': 'bulk'},
+                 'spec': {'clusterIP': '10.96.0.77', 'ports': [{'port': 80}]}}
+        code, answer = api.call('POST', '/lash-test/load', body + [clash])
+        expect(code == 422 and answer.get('reason') == 'Invalid', f'a ClusterIP taken twice: HTTP {code} {answer}')
+        expect(api.ok('GET', '/api/v1/namespaces/bulk/services')['items'] == [], 'a refused load stored something')
+        answer = api.ok('POST', '/lash-test/load', {'apiVersion': 'v1', 'kind': 'List', 'items': body})
+        expect(answer['loaded'] == len(body), f'{answer}')
+        got = api.ok('GET', '/api/v1/namespaces/bulk/services')['items']
+        expect([s['metadata']['name'] for s in got] == ['bulk-a', 'bulk-b'], f'services {got}')
+        expect(got[0]['spec']['clusterIP'] == '10.96.0.77' and got[1]['spec']['clusterIP'].startswith('10.96.'), f'{[s["spec"] for s in got]}')
+        expect(all(s['metadata'].get('uid') and s['metadata'].get('creationTimestamp') for s in got), f'{got}')
+        listed, token = [], ''
+        while True:
+            page = api.ok('GET', f'/apis/discovery.k8s.io/v1/namespaces/bulk/endpointslices?labelSelector=!service.kubernetes.io/headless&limit=500{token}')
+            listed += page['items']
+            if not page['metadata'].get('continue'):
+                break
+            token = f'&continue={page["metadata"]["continue"]}'
+        versions = [int(o['metadata']['resourceVersion']) for o in listed]
+        expect(len(listed) == len(slices) and len(set(versions)) == len(versions) and min(versions) > int(before), f'{len(listed)} slices, versions {min(versions)}..{max(versions)}')
+        events, _, _ = api.watch(f'/api/v1/services?watch=1&resourceVersion={before}&fieldSelector=metadata.namespace%3Dbulk',
+                                 until=lambda ev: len(ev) >= 2, seconds=5)
+        expect(kinds_of(events) == ['ADDED', 'ADDED'], f'events {kinds_of(events)}')
+        code, answer = api.call('POST', '/lash-test/load', services[:1])
+        expect(code == 409 and answer.get('reason') == 'AlreadyExists', f'loading an existing name: HTTP {code} {answer}')
+        return f'{answer["details"]["name"]} again: 409; {len(body)} objects ({size} bytes) loaded, each with its own resourceVersion; a watch replays them as ADDED'
+    check.step('/lash-test/load: bulk create, all or none, stamped like creates', bulk_load)
+
     def outage() -> str:
         current = api.ok('GET', '/api/v1/services')['metadata']['resourceVersion']
         open_watch = BackgroundWatch(api, f'/api/v1/services?watch=true&resourceVersion={current}')

@@ -46,3 +46,11 @@ def find(group: str, version: str, plural: str) -> Kind | None:
         if (kind.group, kind.version, kind.plural) == (group, version, plural):
             return kind
     return None
+
+
+def of_object(api_version: str | None, kind_name: str | None) -> Kind | None:
+    """The served resource of an object by its apiVersion and kind."""
+    for kind in KINDS:
+        if (kind.api_version, kind.kind) == (api_version, kind_name):
+            return kind
+    return None

@@ -118,6 +118,28 @@ impl ApiServer {
         }
         Ok(body)
     }
+
+    /// A kept-alive connection to the server from its namespace, for plain
+    /// HTTP requests (a timed write pays no client start).
+    pub fn connect(&self) -> anyhow::Result<http::Conn> {
+        http::Conn::open_in(&self.node_ns, &format!("127.0.0.1:{}", self.port))
+    }
+
+    /// Creates `objects` (typed Services, EndpointSlices, ...) in one
+    /// request through `/lash-test/load`; the server's answer.
+    pub fn load(&self, objects: &[serde_json::Value]) -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::to_vec(objects)?;
+        let (code, answer) =
+            self.connect()?
+                .request("POST", "/lash-test/load", "application/json", &body)?;
+        if code != 200 {
+            bail!(
+                "/lash-test/load: HTTP {code}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        Ok(serde_json::from_slice(&answer)?)
+    }
 }
 
 impl Drop for ApiServer {

@@ -50,7 +50,8 @@ enum Cmd {
         /// Only these arms: baseline, iptables, nftables, lash (socket LB);
         /// pod-veth, pod-calico, pod-lash (pod to pod); cni-bridge, cni-lash
         /// (CNI ADD/DEL); clusterip-iptables, clusterip-lash (packet-path
-        /// ClusterIP); per-packet (from-container test runs).
+        /// ClusterIP); per-packet (from-container test runs); k8s-watch (the
+        /// agent on the Kubernetes API: initial sync, event to datapath, RSS).
         #[arg(long, value_delimiter = ',')]
         arms: Vec<String>,
     },

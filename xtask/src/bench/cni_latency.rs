@@ -30,7 +30,7 @@ use lash_tests::sandbox::{bin, Sandbox};
 use serde_json::{json, Value};
 
 use super::namespaces::{in_netns, ip, netns_path, Namespaces};
-use super::{check_interrupt, short};
+use super::{check_interrupt, percentile, short};
 
 pub const ARMS: [&str; 2] = ["cni-bridge", "cni-lash"];
 
@@ -247,16 +247,6 @@ fn chain(
     ))
 }
 
-/// Nearest-rank percentile of `v` (sorted in place).
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
-}
-
 fn measure(
     plan: &Plan,
     cni: &CniArm,
@@ -401,19 +391,4 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn nearest_rank() {
-        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&mut v, 50.0), 50.0);
-        assert_eq!(percentile(&mut v, 99.0), 99.0);
-        let mut v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
-        assert_eq!(percentile(&mut v, 99.0), 20.0);
-        assert_eq!(percentile(&mut v, 50.0), 10.0);
-    }
 }

@@ -75,7 +75,8 @@ pub fn manifest(svcs: &[Svc]) -> String {
     out
 }
 
-fn ns_name(s: &Svc) -> (&str, &str) {
+/// A Service's namespace and name (its `name` is "namespace/name:port").
+pub fn ns_name(s: &Svc) -> (&str, &str) {
     let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
     (ns, rest.split(':').next().unwrap_or(rest))
 }
@@ -84,25 +85,38 @@ fn ns_name(s: &Svc) -> (&str, &str) {
 /// API server serves: what the agent will read in a cluster, without YAML's
 /// parsing cost.
 fn manifest_json(svcs: &[&Svc]) -> String {
-    let mut items = Vec::with_capacity(svcs.len() * 2);
-    for s in svcs {
-        let (ns, name) = ns_name(s);
-        items.push(json!({
+    let items: Vec<Value> = svcs.iter().flat_map(|s| objects(s)).collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+/// The Service and its EndpointSlice (named NAME-x), typed, as the manifests
+/// hold them and the API server is loaded with.
+pub fn objects(s: &Svc) -> [Value; 2] {
+    let (ns, name) = ns_name(s);
+    [
+        json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": ns},
             "spec": {"clusterIP": s.vip.to_string(),
                      "ports": [{"name": "http", "port": s.port, "protocol": "TCP", "targetPort": "http"}]},
-        }));
-        items.push(json!({
+        }),
+        json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{name}-x"), "namespace": ns,
                          "labels": {"kubernetes.io/service-name": name}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}],
-            "endpoints": s.endpoints.iter().map(|(ip, _)| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}})).collect::<Vec<_>>(),
-        }));
-    }
-    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+            "endpoints": slice_endpoints(s),
+        }),
+    ]
+}
+
+/// An EndpointSlice's `endpoints` for the Service's backends, all ready.
+pub fn slice_endpoints(s: &Svc) -> Value {
+    s.endpoints
+        .iter()
+        .map(|(ip, _)| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}))
+        .collect()
 }
 
 pub fn rss_mib(pid: u32) -> Option<f64> {

@@ -14,7 +14,9 @@
 //! - Program cost (bpf_stats) is read in a phase of its own, with the floor
 //!   program (floor.rs) attached to the no-translation arm.
 //!
-//! Then pod networking (pod_net.rs: pod to pod throughput and latency),
+//! Then the agent fed by the Kubernetes API (kube_watch.rs: initial sync,
+//! event to datapath, RSS, through kube-rs's watchers and the stand-in API
+//! server), pod networking (pod_net.rs: pod to pod throughput and latency),
 //! CNI ADD/DEL latency (cni_latency.rs), each arm in namespaces of its own,
 //! and from-container's cost per packet (packet.rs, BPF_PROG_TEST_RUN).
 
@@ -22,6 +24,7 @@ mod clusterip;
 mod cni_latency;
 mod floor;
 mod kube_proxy;
+mod kube_watch;
 mod lash_arm;
 mod lash_node;
 mod namespaces;
@@ -94,6 +97,7 @@ pub struct Results {
     cni: Vec<Value>,
     packet: Vec<Value>,
     clusterip: Vec<Value>,
+    kube_watch: Vec<Value>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -119,6 +123,7 @@ fn all_arm_names() -> Vec<&'static str> {
     names.extend(cni_latency::ARMS);
     names.extend(clusterip::ARMS);
     names.extend(packet::ARMS);
+    names.extend(kube_watch::ARMS);
     names
 }
 
@@ -148,6 +153,20 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         }
     };
     let full_sizes = plan.sizes.len();
+    let kube_plan = kube_watch::Plan {
+        // One size of its own unless sizes are given: 10k Services (30k
+        // endpoints) is where issue 8 sets its goals.
+        sizes: if !sizes.is_empty() {
+            sizes.clone()
+        } else if quick {
+            vec![1000]
+        } else {
+            vec![10_000]
+        },
+        changes: if quick { 10 } else { 50 },
+        lists: if quick { 3 } else { 5 },
+        starts: 3,
+    };
     if !sizes.is_empty() {
         plan.sizes = sizes;
     }
@@ -188,6 +207,10 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
             eprintln!("bench: {n} background services");
             run_size(&plan, n, &arms, &floor_object, &mut results)?;
         }
+    }
+    if chosen.contains(&"k8s-watch") {
+        eprintln!("bench: the agent on the Kubernetes API (k8s-watch)");
+        results.kube_watch = kube_watch::run(&kube_plan)?;
     }
     let cip_arms: Vec<&'static str> = clusterip::ARMS
         .into_iter()
@@ -269,6 +292,7 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
             "client in a pod outside the sandbox's cgroup (CPU {CLIENT_CPU}), target backed by 3 other pods (servers on CPU {SERVER_CPU}), each arm in a fresh sandbox per size; {} rounds of {} connects and {} ms of requests on one connection; medians over rounds",
             plan.rounds, plan.connects, plan.rr_millis
         ),
+        "kube_watch_method": kube_watch::method(&kube_plan),
         "packet_method": format!(
             "BPF_PROG_TEST_RUN of from_container and of a pass-through tc program (tc_pass: returns TC_ACT_OK) on the same 54-byte TCP frames (a SYN opening a flow and an ACK in the middle of one, to a local pod and to a ClusterIP), one run per call on a fresh copy of the frame (the kernel's repeat would rerun on the rewritten packet), {} calls per sample (median of the kernel's per-call time, timer reads included), {} samples per program and frame in rotating order, on a thread in a network namespace of its own; medians",
             packet_plan.runs, packet_plan.rounds
@@ -454,6 +478,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Nearest-rank percentile of `v` (sorted in place).
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
 /// Where the client connects: the VIP, or the first pod for no translation.
 fn client_addr(arm: Arm, pods: &[Ipv4Addr]) -> String {
     match arm {
@@ -568,4 +602,19 @@ fn program_cost(
         per_call[i] = stats::ns_per_run(before, after);
     }
     Ok((per_call[0], per_call[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), 50.0);
+        assert_eq!(percentile(&mut v, 99.0), 99.0);
+        let mut v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 99.0), 20.0);
+        assert_eq!(percentile(&mut v, 50.0), 10.0);
+    }
 }

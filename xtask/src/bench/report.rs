@@ -97,6 +97,9 @@ fn markdown(r: &Results, head: &Value) -> String {
     if !r.dataplane.is_empty() || !r.controlplane.is_empty() {
         socket_lb(&mut md, r, head);
     }
+    if !r.kube_watch.is_empty() {
+        kube_watch(&mut md, r, head);
+    }
     if !r.pod_net.is_empty() {
         pod_net(&mut md, r, head);
     }
@@ -184,6 +187,100 @@ fn socket_lb(md: &mut String, r: &Results, head: &Value) {
             num(&row["floor_ns_per_connect"], 0),
             num(&row["agent_event_ms"], 2),
             num(&row["agent_sync_ms"], 2),
+        );
+    }
+}
+
+/// The agent on the Kubernetes API, with the manifest-directory lash arm's
+/// figures at the same size beside it when that arm ran too.
+fn kube_watch(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nThe agent on the Kubernetes API (k8s-watch): {}\n",
+        head["kube_watch_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| services | endpoints | initial sync ms (min–max) | agent: first event to maps, ms | API server's lists ms | manifest arm: full sync ms | changes | change p50 ms | change p99 ms | PATCH answered p50 ms | agent: event to maps p50 ms | manifest arm: one change ms | agent RSS MiB (largest) | manifest arm: agent RSS MiB |"
+    );
+    let _ = writeln!(
+        md,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    // The manifest arm's rows at this size, from the socket-LB part of the run.
+    let manifest = |n: &Value, key: &str| {
+        let mut rows = r
+            .controlplane
+            .iter()
+            .chain(&r.lash)
+            .filter(|row| row["services"] == *n && (row["arm"] == "lash" || row["arm"].is_null()))
+            .peekable();
+        if rows.peek().is_none() {
+            return "not in this run".to_string();
+        }
+        num(&json!(rows.find_map(|row| row[key].as_f64())), 1)
+    };
+    for row in &r.kube_watch {
+        let n = &row["services"];
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {n} | {why} |{}", " |".repeat(12));
+            continue;
+        }
+        let initial = format!(
+            "{} ({}–{})",
+            num(&row["initial_sync_ms"], 1),
+            num(&row["initial_sync_min_ms"], 1),
+            num(&row["initial_sync_max_ms"], 1)
+        );
+        let rss = format!(
+            "{} ({})",
+            num(&row["agent_rss_mib"], 1),
+            num(&row["agent_rss_max_mib"], 1)
+        );
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {initial} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {rss} | {} |",
+            row["endpoints"],
+            num(&row["agent_event_ms"], 1),
+            num(&row["server_list_ms"], 1),
+            manifest(n, "full_sync_ms"),
+            row["changes"],
+            num(&row["change_p50_ms"], 2),
+            num(&row["change_p99_ms"], 2),
+            num(&row["patch_answer_p50_ms"], 2),
+            num(&row["agent_change_p50_ms"], 2),
+            manifest(n, "one_change_ms"),
+            manifest(n, "agent_rss_mib"),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nGoals (issue 8), stated at 10k Services / 30k endpoints: initial sync at most 1 s, event to datapath p99 at most 10 ms, agent RSS at most 64 MiB.\n"
+    );
+    for row in r
+        .kube_watch
+        .iter()
+        .filter(|row| not_measured(row).is_none())
+    {
+        let n = row["services"].as_u64().unwrap_or(0);
+        let at = if n == 10_000 {
+            String::new()
+        } else {
+            format!(" (measured at {n}, not at the goals' 10k)")
+        };
+        let f = |key: &str| row[key].as_f64();
+        let _ = writeln!(
+            md,
+            "- {n} services: initial sync (median of {} starts) {} ms ({}; slowest start {} ms; the API server's own lists {} ms of it); change p99 {} ms ({}); agent RSS, largest of the starts, {} MiB ({}){at}",
+            row["starts"],
+            num(&row["initial_sync_ms"], 1),
+            mark(f("initial_sync_ms").map(|x| x <= 1000.0)),
+            num(&row["initial_sync_max_ms"], 1),
+            num(&row["server_list_ms"], 1),
+            num(&row["change_p99_ms"], 2),
+            mark(f("change_p99_ms").map(|x| x <= 10.0)),
+            num(&row["agent_rss_max_mib"], 1),
+            mark(f("agent_rss_max_mib").map(|x| x <= 64.0)),
         );
     }
 }
@@ -345,6 +442,7 @@ pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
     json["cni"] = json!(r.cni);
     json["packet"] = json!(r.packet);
     json["clusterip"] = json!(r.clusterip);
+    json["kube_watch"] = json!(r.kube_watch);
     json["agent_rss_mib"] = json!(max_rss);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
