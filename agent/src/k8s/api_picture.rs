@@ -101,6 +101,9 @@ pub struct ApiPicture {
     listed: [bool; 2],
     /// Trigger times of the changes taken in since the last `take_triggers`.
     triggers: Vec<SystemTime>,
+    /// Objects known, per kind (kept, not counted: status asks after every
+    /// batch of events, and a count would walk the whole cluster each time).
+    counts: [usize; 2],
 }
 
 fn path_of<K: Watched>(obj: &K) -> PathBuf {
@@ -132,7 +135,7 @@ impl ApiPicture {
 
     /// How many objects of each kind are known.
     pub fn count(&self, kind: Kind) -> usize {
-        self.known.values().filter(|k| k.kind == kind).count()
+        self.counts[kind as usize]
     }
 
     /// Takes in one event of the merged watches: the file changes it makes.
@@ -202,13 +205,20 @@ impl ApiPicture {
                     keys,
                 },
             )
-            .map(|k| k.keys)
-            .unwrap_or_default();
-        Some(FileChange { path, old, new })
+            .map(|k| k.keys);
+        if old.is_none() {
+            self.counts[K::KIND as usize] += 1;
+        }
+        Some(FileChange {
+            path,
+            old: old.unwrap_or_default(),
+            new,
+        })
     }
 
     fn remove(&mut self, path: &PathBuf) -> Option<FileChange> {
         let old = self.known.remove(path)?;
+        self.counts[old.kind as usize] -= 1;
         Some(FileChange {
             path: path.clone(),
             old: old.keys,

@@ -123,40 +123,43 @@ impl KubeSource {
         }
     }
 
-    /// Takes in one event. Returns whether the API's health changed.
-    fn take(&mut self, ev: ApiEvent) -> bool {
+    /// Takes in a batch of events (what the watches had ready at once: a
+    /// page of a list, a busy moment). The objects' changes go through the
+    /// index together, so a Service and its slices listed in one page are
+    /// translated once. Returns whether the API's health changed.
+    fn take(&mut self, events: Vec<ApiEvent>) -> bool {
         let was = self.health.clone();
-        let (list_done, proves_up) = (ev.is_list_done(), ev.proves_reachable());
-        if proves_up {
-            self.health.down_since_unix = None;
-        }
-        if list_done {
-            self.health.lists += 1;
-        }
-        match ev {
-            ApiEvent::Error(resource, e) => {
-                if self.health.down_since_unix.is_none() {
-                    warn!(resource, "Kubernetes watch failed: {e}");
-                }
-                self.health.down_since_unix.get_or_insert_with(unix_now);
-                self.health.last_error = Some(format!("watching {resource}: {e}"));
+        let mut files = Vec::new();
+        for ev in events {
+            if ev.proves_reachable() {
+                self.health.down_since_unix = None;
             }
-            ApiEvent::Expired(resource) => {
-                info!(resource, "watch history expired (410); listing again");
+            if ev.is_list_done() {
+                self.health.lists += 1;
             }
-            ApiEvent::Node(e) => self.nodes.event(e),
-            ev => {
-                let files = tokio::task::block_in_place(|| self.picture.take(ev));
-                if !files.is_empty() {
-                    let changes = tokio::task::block_in_place(|| self.index.apply_files(files));
-                    if !changes.is_empty() && self.pending_since.is_none() {
-                        self.pending_since = Some(Instant::now());
-                        self.telemetry.health.queued(SystemTime::now());
+            match ev {
+                ApiEvent::Error(resource, e) => {
+                    if self.health.down_since_unix.is_none() {
+                        warn!(resource, "Kubernetes watch failed: {e}");
                     }
-                    for c in changes {
-                        self.pending.insert(frontend(&c), c);
-                    }
+                    self.health.down_since_unix.get_or_insert_with(unix_now);
+                    self.health.last_error = Some(format!("watching {resource}: {e}"));
                 }
+                ApiEvent::Expired(resource) => {
+                    info!(resource, "watch history expired (410); listing again");
+                }
+                ApiEvent::Node(e) => self.nodes.event(e),
+                ev => files.extend(self.picture.take(ev)),
+            }
+        }
+        if !files.is_empty() {
+            let changes = self.index.apply_files(files);
+            if !changes.is_empty() && self.pending_since.is_none() {
+                self.pending_since = Some(Instant::now());
+                self.telemetry.health.queued(SystemTime::now());
+            }
+            for c in changes {
+                self.pending.insert(frontend(&c), c);
             }
         }
         self.telemetry
@@ -291,15 +294,17 @@ impl KubeSource {
             tokio::select! {
                 ev = events.next() => {
                     let Some(ev) = ev else { return Err(WatchEnded) };
-                    let mut moved = self.take(ev);
-                    // Take what else is ready now, so a burst is one command.
-                    for _ in 0..BATCH {
+                    // Take what else is ready now, so a burst is one batch
+                    // and one command.
+                    let mut batch = vec![ev];
+                    while batch.len() < BATCH {
                         match events.next().now_or_never() {
-                            Some(Some(ev)) => moved |= self.take(ev),
+                            Some(Some(ev)) => batch.push(ev),
                             Some(None) => return Err(WatchEnded),
                             None => break,
                         }
                     }
+                    let moved = tokio::task::block_in_place(|| self.take(batch));
                     if let Some(o) = self.flush(&tx, moved).await {
                         if !o.errors.is_empty() {
                             full_due.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
