@@ -341,6 +341,24 @@ impl Sandbox {
         run(self.agent_cmd().args(args))
     }
 
+    /// The backend IPs `agent service list` shows behind `frontend`
+    /// ("10.96.0.10:80/TCP"); None while the frontend is not programmed.
+    pub fn programmed_backends(
+        &self,
+        frontend: &str,
+    ) -> Option<std::collections::BTreeSet<String>> {
+        let out = self.agent_cli(&["service", "list", "-o", "json"]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let svc = v.as_array()?.iter().find(|s| s["frontend"] == frontend)?;
+        Some(
+            svc["backends"]
+                .as_array()?
+                .iter()
+                .filter_map(|b| b["address"].as_str()?.split(':').next().map(str::to_string))
+                .collect(),
+        )
+    }
+
     /// Number of reconciles the running agent has finished, from its status.
     pub fn syncs(&self) -> u64 {
         std::fs::read_to_string(self.state_dir().join("status.json"))

@@ -39,19 +39,7 @@ fn reached(sb: &Sandbox, n: usize) -> BTreeSet<String> {
 
 /// The backend addresses `agent service list` shows for the HTTP frontend.
 fn programmed(sb: &Sandbox) -> Option<BTreeSet<String>> {
-    let v: serde_json::Value =
-        serde_json::from_str(&sb.agent_cli(&["service", "list", "-o", "json"]).ok()?).ok()?;
-    let svc = v
-        .as_array()?
-        .iter()
-        .find(|s| s["frontend"] == "10.96.0.10:80/TCP")?;
-    Some(
-        svc["backends"]
-            .as_array()?
-            .iter()
-            .filter_map(|b| b["address"].as_str()?.split(':').next().map(str::to_string))
-            .collect(),
-    )
+    sb.programmed_backends("10.96.0.10:80/TCP")
 }
 
 fn ips(sb: &Sandbox, which: &[usize]) -> BTreeSet<String> {
@@ -80,12 +68,13 @@ fn wait_programmed(sb: &Sandbox, api: &ApiServer, want: &BTreeSet<String>) {
     );
 }
 
-#[test]
-fn kubectl_changes_reach_the_datapath_through_watches_410s_and_outages() {
-    let mut sb = Sandbox::new("kapi", 3).expect("sandbox");
+/// Three pods, the API server holding the web Service over all three (the
+/// cluster exists before the agent: its first sync is the full list), and
+/// the agent watching it.
+fn cluster(tag: &str) -> (Sandbox, ApiServer) {
+    let mut sb = Sandbox::new(tag, 3).expect("sandbox");
     sb.start_pod_servers().expect("pod servers");
     let api = ApiServer::start(&sb).expect("API server");
-    // The cluster exists before the agent: its first sync is the full list.
     api.apply(&format!(
         "{}---\n{}",
         service("web", VIP),
@@ -94,6 +83,12 @@ fn kubectl_changes_reach_the_datapath_through_watches_410s_and_outages() {
     .expect("apply");
     sb.kubeconfig = Some(api.kubeconfig.clone());
     sb.start_agent(&[]).expect("agent");
+    (sb, api)
+}
+
+#[test]
+fn kubectl_changes_reach_the_datapath_through_watches_410s_and_outages() {
+    let (sb, api) = cluster("kapi");
 
     let all = ips(&sb, &[0, 1, 2]);
     wait_programmed(&sb, &api, &all);
@@ -212,17 +207,7 @@ fn connect_loop(
 
 #[test]
 fn agent_restarts_drop_no_connection_and_rewrite_nothing() {
-    let mut sb = Sandbox::new("krestart", 3).expect("sandbox");
-    sb.start_pod_servers().expect("pod servers");
-    let api = ApiServer::start(&sb).expect("API server");
-    api.apply(&format!(
-        "{}---\n{}",
-        service("web", VIP),
-        slice_of(&sb, &[0, 1, 2])
-    ))
-    .expect("apply");
-    sb.kubeconfig = Some(api.kubeconfig.clone());
-    sb.start_agent(&[]).expect("agent");
+    let (mut sb, api) = cluster("krestart");
     wait_programmed(&sb, &api, &ips(&sb, &[0, 1, 2]));
     let first = sb.status_json()["map_writes"].as_u64().unwrap();
     assert!(first > 0, "the first agent programmed the Service");

@@ -66,20 +66,6 @@ status:
     )
 }
 
-/// The backends the agent has programmed behind `frontend`, by IP.
-fn programmed(sb: &Sandbox, frontend: &str) -> Option<Vec<String>> {
-    let v: serde_json::Value =
-        serde_json::from_str(&sb.agent_cli(&["service", "list", "-o", "json"]).ok()?).ok()?;
-    let svc = v.as_array()?.iter().find(|s| s["frontend"] == frontend)?;
-    Some(
-        svc["backends"]
-            .as_array()?
-            .iter()
-            .filter_map(|b| b["address"].as_str()?.split(':').next().map(str::to_string))
-            .collect(),
-    )
-}
-
 pub fn run(hold: bool, k8s: bool) -> anyhow::Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
@@ -305,14 +291,14 @@ fn scale_live(sb: &Sandbox, api: &ApiServer, pods: &[(String, Ipv4Addr)]) -> any
         ));
         let t = std::time::Instant::now();
         print!("{}", api.apply(&endpoint_slice("web", &ips))?);
-        let want: Vec<String> = ips.iter().map(|(ip, _)| ip.to_string()).collect();
+        let want: std::collections::BTreeSet<String> =
+            ips.iter().map(|(ip, _)| ip.to_string()).collect();
         let mut seen = None;
         while t.elapsed() < std::time::Duration::from_secs(10) {
-            let mut p = programmed(sb, "10.96.0.10:80/TCP").unwrap_or_default();
-            p.sort();
-            let mut w = want.clone();
-            w.sort();
-            if p == w {
+            let p = sb
+                .programmed_backends("10.96.0.10:80/TCP")
+                .unwrap_or_default();
+            if p == want {
                 seen = Some(t.elapsed());
                 break;
             }

@@ -155,12 +155,7 @@ fn attach_one(
         source: Box::new(e),
     })?;
     let prog = program(ebpf, name)?;
-    let attach_err = |source| LinkErr::Attach {
-        name,
-        hook: hook.as_str(),
-        ifname: ifname.into(),
-        source: Box::new(source),
-    };
+    let attach_err = attach_error(name, hook, ifname);
     let id = prog
         .attach_with_options(
             ifname,
@@ -170,6 +165,20 @@ fn attach_one(
         .map_err(attach_err)?;
     let link = prog.take_link(id).map_err(attach_err)?;
     pin(link, bpf_root, ifname, hook)
+}
+
+/// The error of attaching program `name` to `hook` of `ifname`, for map_err.
+fn attach_error<'a>(
+    name: &'static str,
+    hook: Hook,
+    ifname: &'a str,
+) -> impl Fn(ProgramError) -> LinkErr + Copy + 'a {
+    move |source| LinkErr::Attach {
+        name,
+        hook: hook.as_str(),
+        ifname: ifname.into(),
+        source: Box::new(source),
+    }
 }
 
 fn pin(
@@ -199,12 +208,7 @@ pub fn take_over(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), L
         match PinnedLink::from_pin(&path) {
             Ok(old) => {
                 let prog = program(ebpf, name)?;
-                let attach_err = |source| LinkErr::Attach {
-                    name,
-                    hook: hook.as_str(),
-                    ifname: ifname.into(),
-                    source: Box::new(source),
-                };
+                let attach_err = attach_error(name, hook, ifname);
                 let link =
                     SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| LinkErr::Pin {
                         hook: hook.as_str(),

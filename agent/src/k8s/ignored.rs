@@ -44,7 +44,7 @@ use k8s_openapi::api::core::v1::Service;
 
 use super::{
     node_context::NodeContext,
-    translate::{other_proxy, TOPOLOGY_ANNOTATIONS},
+    translate::{asks_for_topology, other_proxy},
 };
 
 /// One ignored field each; the order is the order of the warnings.
@@ -180,17 +180,7 @@ pub fn ignored_fields(node: &NodeContext, svc: &Service) -> Ignored {
             || spec.ip_families.iter().flatten().any(|f| f == "IPv6")
             || spec.ip_family_policy.as_deref() == Some("RequireDualStack"),
     );
-    // "Auto" asks the controller for hints; "Disabled" or nothing is the
-    // default, and other values are not acted on (by kube-proxy either).
-    let topology = spec
-        .traffic_distribution
-        .as_deref()
-        .is_some_and(|t| !t.is_empty())
-        || svc.metadata.annotations.as_ref().is_some_and(|a| {
-            TOPOLOGY_ANNOTATIONS
-                .iter()
-                .any(|k| a.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("auto")))
-        });
+    let topology = asks_for_topology(svc);
     out.add(Ignored::NO_ZONE, topology && !node.knows_zone());
     out
 }

@@ -40,6 +40,23 @@ pub const TOPOLOGY_ANNOTATIONS: [&str; 2] = [
     "service.kubernetes.io/topology-mode",
     "service.kubernetes.io/topology-aware-hints",
 ];
+
+/// Whether the Service asks for zone-aware routing: `trafficDistribution`
+/// set, or the topology annotation (either name) at "Auto" ("Disabled" or
+/// nothing is the default; other values are not acted on, by kube-proxy
+/// either).
+pub fn asks_for_topology(svc: &Service) -> bool {
+    let set = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref())
+        .is_some_and(|t| !t.is_empty());
+    set || svc.metadata.annotations.as_ref().is_some_and(|a| {
+        TOPOLOGY_ANNOTATIONS
+            .iter()
+            .any(|k| a.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("auto")))
+    })
+}
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when not given.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -413,15 +430,7 @@ pub fn service_frontends(node: &NodeContext, svc: &Service) -> Result<ServiceFro
             .filter(|t| *t > 0)
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
     });
-    let topology = spec
-        .traffic_distribution
-        .as_deref()
-        .is_some_and(|t| !t.is_empty())
-        || svc.metadata.annotations.as_ref().is_some_and(|a| {
-            TOPOLOGY_ANNOTATIONS
-                .iter()
-                .any(|k| a.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("auto")))
-        });
+    let topology = asks_for_topology(svc);
     Ok(ServiceFrontends {
         ports: out,
         rules: EndpointRules {
