@@ -174,11 +174,27 @@ pub fn prepare_bpf_root(root: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The node's settings the programs are loaded with (read-only globals in
+/// the object: ebpf/src/config.rs).
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSettings {
+    /// `lash_common::tunnel::ROUTING_*`.
+    pub routing: u32,
+    /// lash_vxlan's ifindex (tunnel routing), else 0.
+    pub tunnel_ifindex: u32,
+    /// The prefix length of every node's pod range.
+    pub pod_cidr_bits: u32,
+}
+
 /// Loads the object with its maps pinned under `root` (reusing pins that exist).
-pub fn load(root: &Path, sizes: MapSizes) -> Result<Ebpf, LoadError> {
+pub fn load(root: &Path, sizes: MapSizes, node: NodeSettings) -> Result<Ebpf, LoadError> {
     prepare_bpf_root(root)?;
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(root);
+    loader
+        .override_global("LASH_ROUTING", &node.routing, true)
+        .override_global("LASH_TUNNEL_IFINDEX", &node.tunnel_ifindex, true)
+        .override_global("LASH_POD_CIDR_BITS", &node.pod_cidr_bits, true);
     for def in maps::ALL {
         loader.map_max_entries(def.name, sizes.of(def));
     }
@@ -391,14 +407,19 @@ pub fn uninstall(root: &Path, state_dir: &Path, force: bool) -> Result<(), Unins
             }
         }
     }
-    // The lxc programs' links, one directory per lxc (unpinning detaches).
-    let endpoints = crate::endpoints::links::endpoints_dir(root);
-    if let Ok(dir) = fs::read_dir(&endpoints) {
-        for lxc in dir.flatten() {
-            for pin in fs::read_dir(lxc.path()).into_iter().flatten().flatten() {
-                let _ = fs::remove_file(pin.path());
+    // The tc programs' links, one directory per device (unpinning detaches).
+    let tc_dirs = [
+        crate::endpoints::links::LXC.dir,
+        crate::endpoints::links::OVERLAY.dir,
+    ];
+    for set_dir in tc_dirs {
+        if let Ok(dir) = fs::read_dir(root.join(set_dir)) {
+            for dev in dir.flatten() {
+                for pin in fs::read_dir(dev.path()).into_iter().flatten().flatten() {
+                    let _ = fs::remove_file(pin.path());
+                }
+                let _ = fs::remove_dir(dev.path());
             }
-            let _ = fs::remove_dir(lxc.path());
         }
     }
     for def in maps::ALL {
@@ -411,6 +432,8 @@ pub fn uninstall(root: &Path, state_dir: &Path, force: bool) -> Result<(), Unins
         _ => Ok(()),
     };
     rm(root.join("links"))?;
-    rm(endpoints)?;
+    for set_dir in tc_dirs {
+        rm(root.join(set_dir))?;
+    }
     rm(root.to_path_buf())
 }

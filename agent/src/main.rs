@@ -12,6 +12,7 @@ mod loader;
 mod lock;
 mod mac;
 mod maps;
+mod mesh;
 mod model;
 mod node;
 mod run;
@@ -71,6 +72,11 @@ enum Cmd {
     Service {
         #[command(subcommand)]
         cmd: ServiceCmd,
+    },
+    /// The cluster's nodes as this agent routes to them.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
     },
     /// Agent, programs and maps at a glance.
     Status {
@@ -139,6 +145,10 @@ struct RunArgs {
     /// Where Prometheus metrics are served (`/metrics`).
     #[arg(long, default_value = "127.0.0.1:9962")]
     metrics_addr: std::net::SocketAddr,
+    /// How pods reach other nodes: `tunnel` (VXLAN on UDP 8472) or `native`
+    /// (kernel routes to each node's pod range via its address).
+    #[arg(long, default_value = "tunnel")]
+    routing_mode: mesh::RoutingMode,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +172,27 @@ enum BpfCmd {
     Metrics {
         #[command(subcommand)]
         cmd: MetricsCmd,
+    },
+    /// The tunnel map: remote pod ranges and the nodes carrying them.
+    Tunnel {
+        #[command(subcommand)]
+        cmd: TunnelCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TunnelCmd {
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -309,6 +340,7 @@ fn main() -> anyhow::Result<()> {
                 nodeport_cidrs: args.nodeport_addresses,
                 healthz_addr: args.healthz_addr,
                 metrics_addr: args.metrics_addr,
+                routing_mode: args.routing_mode,
             };
             // Multi-threaded: sources and the API keep answering while the
             // map owner's thread (datapath.rs) runs a long sync.
@@ -403,6 +435,33 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Table => print!("{}", cli::bpf_ct_metrics::metrics_table(&rows)),
                 Output::Json => print_json(&rows)?,
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            cmd: BpfCmd::Tunnel {
+                cmd: TunnelCmd::List { output },
+            },
+        } => {
+            let entries = maps::tunnel::TunnelMap::open(&cli.bpf_root)?.entries()?;
+            match output {
+                Output::Table => print!("{}", cli::bpf_tunnel::table(&entries)),
+                Output::Json => print_json(&entries)?,
+            }
+            Ok(())
+        }
+        Cmd::Node {
+            cmd: NodeCmd::List { output },
+        } => {
+            let f = mesh::read_views(&cli.state_dir).with_context(|| {
+                format!(
+                    "reading {} (written by a running agent)",
+                    mesh::views_path(&cli.state_dir).display()
+                )
+            })?;
+            match output {
+                Output::Table => print!("{}", cli::node_list::table(&f)),
+                Output::Json => print_json(&f.nodes)?,
             }
             Ok(())
         }

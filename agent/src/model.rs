@@ -168,3 +168,16 @@ pub enum Change {
     Upsert(DesiredService),
     Remove(L4Addr),
 }
+
+/// A node of the cluster as the pod network sees it: the address other nodes
+/// reach it on and the pod range it carries. Sources send every node they
+/// know, this one included; `mesh/` routes to the others.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ClusterNode {
+    pub name: String,
+    pub address: Option<Ipv4Addr>,
+    /// The IPv4 pod range (base, prefix length).
+    pub pod_cidr: Option<(Ipv4Addr, u8)>,
+    /// Why the node's pod range was not usable, as its object wrote it.
+    pub problem: Option<String>,
+}

@@ -22,11 +22,13 @@ use crate::{
         ct::{self, CtMaps},
         LbMaps,
     },
-    node,
+    mesh::{Mesh, MeshConfig, RoutingMode},
+    node::{self, vxlan},
     sources::{
         cni_api::{self, CniApi},
         kube_api::KubeSource,
         manifest_dir::ManifestSource,
+        nodes_out,
     },
     state::{self, AgentStatus},
     telemetry::{http, Telemetry},
@@ -67,6 +69,57 @@ pub struct RunConfig {
     /// Where `/healthz` and `/metrics` are served.
     pub healthz_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// How pods reach other nodes.
+    pub routing_mode: RoutingMode,
+}
+
+/// The node's way to other nodes, set up before the programs load (they
+/// are loaded knowing the tunnel device): in tunnel routing lash_vxlan,
+/// made with the MTU of the underlay as far as it is known yet (the mesh
+/// follows this node's address once its Node is read); in native routing
+/// IPv4 forwarding on, and no lash_vxlan.
+async fn prepare_routing(mode: RoutingMode) -> anyhow::Result<(Option<u32>, Option<u32>)> {
+    match mode {
+        RoutingMode::Tunnel => {
+            let mtu = vxlan::overlay_mtu(vxlan::underlay_mtu(None).await?);
+            let ifindex = vxlan::ensure_vxlan(mtu).await?;
+            info!(device = vxlan::VXLAN_DEVICE, ifindex, mtu, "tunnel device ready");
+            Ok((Some(ifindex), Some(mtu)))
+        }
+        RoutingMode::Native => {
+            if vxlan::remove_vxlan().await? {
+                info!(device = vxlan::VXLAN_DEVICE, "removed: native routing needs no tunnel");
+            }
+            if vxlan::enable_forwarding()? {
+                info!("IPv4 forwarding turned on for native routing");
+            }
+            Ok((None, None))
+        }
+    }
+}
+
+/// Puts this agent's overlay programs on lash_vxlan (into the links an
+/// earlier agent pinned, else new ones), or in native routing removes any
+/// pinned there before.
+fn attach_overlay(
+    ebpf: &mut aya::Ebpf,
+    bpf_root: &std::path::Path,
+    tunnel: bool,
+) -> anyhow::Result<()> {
+    use crate::endpoints::links::{self, OVERLAY};
+    let dev = vxlan::VXLAN_DEVICE;
+    if !tunnel {
+        links::detach_set(bpf_root, OVERLAY, dev)?;
+        return Ok(());
+    }
+    links::load(ebpf, OVERLAY)?;
+    // A link whose device was replaced cannot take a program: start anew.
+    if let Err(e) = links::take_over_set(ebpf, bpf_root, OVERLAY, dev) {
+        debug!("taking over {dev}'s links: {e}; attaching anew");
+        links::attach_set(ebpf, bpf_root, OVERLAY, dev)?;
+    }
+    info!(device = dev, "overlay programs attached");
+    Ok(())
 }
 
 /// The endpoint manager, with the node's side of the pod network in place:
@@ -232,10 +285,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     };
     // Check the pinned maps (layout, size) before any program goes live on them.
     loader::check_pinned_maps(&cfg.bpf_root, cfg.sizes)?;
-    let mut ebpf = loader::load(&cfg.bpf_root, cfg.sizes)?;
+    let (tunnel_ifindex, tunnel_mtu) = prepare_routing(cfg.routing_mode).await?;
+    let settings = loader::NodeSettings {
+        routing: match cfg.routing_mode {
+            RoutingMode::Tunnel => lash_common::tunnel::ROUTING_TUNNEL,
+            RoutingMode::Native => lash_common::tunnel::ROUTING_NATIVE,
+        },
+        tunnel_ifindex: tunnel_ifindex.unwrap_or(0),
+        pod_cidr_bits: pod_cidr.map_or(24, |c| u32::from(c.prefix())),
+    };
+    let mut ebpf = loader::load(&cfg.bpf_root, cfg.sizes, settings)?;
     let maps = LbMaps::open_pinned(&cfg.bpf_root)?;
     loader::attach_sock_programs(&mut ebpf, &cfg.bpf_root, &cfg.cgroup)?;
     info!(bpf_root = %cfg.bpf_root.display(), cgroup = %cfg.cgroup.display(), "socket programs attached");
+    attach_overlay(&mut ebpf, &cfg.bpf_root, tunnel_ifindex.is_some())?;
     let endpoints = start_endpoints(ebpf, &cfg, pod_cidr).await?;
 
     let programmed = Programmed::from_entries(
@@ -331,7 +394,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (tx, owner) = datapath::spawn(Reconciler::new(programmed), maps, publish);
 
     let (api_stop_tx, api_stop_rx) = tokio::sync::mpsc::channel(1);
-    let api = CniApi::new(ipam.clone(), endpoints.clone(), Arc::new(api_changed));
+    let mut api = CniApi::new(ipam.clone(), endpoints.clone(), Arc::new(api_changed));
+    if tunnel_ifindex.is_some() {
+        api = api.with_pod_mtu_of(vxlan::VXLAN_DEVICE);
+    }
     let socket = lash_api::socket_path(&cfg.state_dir);
     let api_task = tokio::spawn(async move { cni_api::serve(api, &socket, api_stop_rx).await });
 
@@ -354,10 +420,26 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         "translating Services for this node"
     );
 
+    // The other nodes: the sources publish, the mesh programs.
+    let (nodes_tx, nodes_rx) = nodes_out::channel();
+    let mesh = Mesh::open(MeshConfig {
+        mode: cfg.routing_mode,
+        node_name: cfg.node_name.clone(),
+        own_cidr: pod_cidr.map(|c| (c.network(), c.prefix())),
+        own_gateway: pod_cidr.map(|c| c.gateway()),
+        own_addresses: node::ipv4_addresses().await?,
+        tunnel_ifindex,
+        bpf_root: cfg.bpf_root.clone(),
+        state_dir: cfg.state_dir.clone(),
+    })?;
+    let mesh_task = tokio::spawn(mesh.run(nodes_rx, tunnel_mtu));
+
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let source = match &cfg.source {
         SourceChoice::Manifests(dir) => {
-            let s = ManifestSource::new(dir.clone(), telemetry.clone()).with_node(node_ctx);
+            let s = ManifestSource::new(dir.clone(), telemetry.clone())
+                .with_node(node_ctx)
+                .with_nodes_out(nodes_tx);
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)
@@ -368,7 +450,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         SourceChoice::Kubernetes { .. } => {
             let (client, server) = kube.expect("made above for this source");
             let s = KubeSource::new(client, server, cfg.node_name.clone(), telemetry.clone())
-                .with_node(node_ctx);
+                .with_node(node_ctx)
+                .with_nodes_out(nodes_tx);
             let resync = cfg.resync;
             tokio::spawn(async move {
                 s.run(tx, resync, stop_rx)
@@ -406,6 +489,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let _ = source.await;
     }
     ct_gc.abort();
+    mesh_task.abort();
     for l in listeners {
         l.abort();
     }

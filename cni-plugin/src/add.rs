@@ -108,6 +108,7 @@ fn build(call: &Call, lease: Lease, undo: &mut Undo) -> Result<AddResult, CniErr
                 pod: call.ifname(),
                 pod_mac,
                 pod_netns: &netns,
+                mtu: lease.mtu,
             },
         )
         .await?;
@@ -242,6 +243,7 @@ mod tests {
         let lease = Lease {
             address: Ipv4Addr::new(10, 244, 1, 5),
             gateway: Ipv4Addr::new(10, 244, 1, 1),
+            mtu: None,
         };
         let r = result(&ends, "eth0", "/run/netns/pod", lease);
         assert_eq!(

@@ -123,6 +123,8 @@ impl AgentProblem {
 pub struct Lease {
     pub address: Ipv4Addr,
     pub gateway: Ipv4Addr,
+    /// The MTU of the pod's veth; None: the kernel's default.
+    pub mtu: Option<u32>,
 }
 
 /// The agent at one socket.
@@ -182,6 +184,7 @@ impl Agent {
         Ok(Lease {
             address: parse("address", &reply.address)?,
             gateway: parse("gateway", &reply.gateway)?,
+            mtu: (reply.mtu != 0).then_some(reply.mtu),
         })
     }
 

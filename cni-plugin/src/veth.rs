@@ -20,22 +20,28 @@ pub struct Pair<'a> {
     pub pod: &'a str,
     pub pod_mac: Mac,
     pub pod_netns: &'a Netns,
+    /// Both ends' MTU; None: the kernel's default.
+    pub mtu: Option<u32>,
 }
 
 /// Creates the pair, both ends down.
 pub async fn create(h: &Handle, pair: &Pair<'_>) -> Result<(), NetError> {
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(pair.pod)
         .address(pair.pod_mac.0.to_vec())
-        .setns_by_fd(pair.pod_netns.fd().as_raw_fd())
-        .build();
-    let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(
+        .setns_by_fd(pair.pod_netns.fd().as_raw_fd());
+    let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(
         netlink_packet_route::link::InfoKind::Veth,
     )
     .name(pair.host.to_string())
-    .address(pair.host_mac.0.to_vec())
-    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-    .build();
+    .address(pair.host_mac.0.to_vec());
+    if let Some(mtu) = pair.mtu {
+        peer = peer.mtu(mtu);
+        host = host.mtu(mtu);
+    }
+    let message = host
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .build();
     h.link().add(message).execute().await.map_err(|e| {
         NetError::netlink(
             format!(

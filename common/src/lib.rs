@@ -15,5 +15,6 @@ pub mod endpoint;
 pub mod lb;
 pub mod maps;
 pub mod metrics;
+pub mod tunnel;
 
 pub use lb::*;

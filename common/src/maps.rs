@@ -10,6 +10,7 @@ use crate::ct::{CtEntry, Ipv4CtTuple};
 use crate::endpoint::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 use crate::lb::*;
 use crate::metrics::{MetricsKey, MetricsValue};
+use crate::tunnel::{TunnelKey, TunnelValue};
 
 /// The BPF map type, as `bpftool map show` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +146,11 @@ pub const CT_ANY4_GLOBAL: MapDef =
 pub const METRICS: MapDef =
     def::<MetricsKey, MetricsValue>("metrics", MapKind::PerCpuHash, 1024, Sizing::Fixed);
 
+/// A remote node's pod-range base -> that node's address: where the tunnel
+/// goes when a remote pod's ipcache entry names no node. Sized as Cilium's.
+pub const TUNNEL_MAP: MapDef =
+    def::<TunnelKey, TunnelValue>("tunnel_map", MapKind::Hash, 65536, Sizing::Fixed);
+
 /// Every map, in the order listings show them.
 pub const ALL: &[MapDef] = &[
     LB4_SERVICES,
@@ -156,6 +162,7 @@ pub const ALL: &[MapDef] = &[
     LB4_SOCK_EVENTS,
     LXC,
     IPCACHE,
+    TUNNEL_MAP,
     CT4_GLOBAL,
     CT_ANY4_GLOBAL,
     METRICS,

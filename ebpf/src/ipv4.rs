@@ -279,3 +279,17 @@ pub fn set_macs(ctx: &TcContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), i32> 
     }
     Ok(())
 }
+
+/// Source and destination address of the IPv4 frame in `ctx` (EtherType
+/// checked by the caller), without judging the rest: for what only routes
+/// by address, fragments included.
+#[inline(always)]
+pub fn addresses(ctx: &TcContext) -> Option<(u32, u32)> {
+    let d = linear::<{ IP + 20 }>(ctx)?;
+    // SAFETY: the IPv4 header's 20 bytes are in bounds (checked by linear).
+    let h = unsafe { *(d.add(IP) as *const [u8; 20]) };
+    Some((
+        u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+        u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+    ))
+}

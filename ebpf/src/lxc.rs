@@ -7,10 +7,12 @@
 //! 3. a service frontend socket LB did not translate is translated here;
 //! 4. conntrack: a reply to a translated flow gets the frontend back as its
 //!    source; any other packet creates or refreshes its flow's entry;
-//! 5. ipcache: the destination's identity (for policy, to come);
-//! 6. a destination that is a pod on this node is delivered straight into
-//!    its namespace; everything else (the node, other nodes, the world) goes
-//!    to the host stack.
+//! 5. a destination that is a pod on this node is delivered straight into
+//!    its namespace;
+//! 6. the ipcache says what any other destination is: a pod or node
+//!    elsewhere is encapsulated to its node (tunnel routing) or forwarded by
+//!    a FIB lookup (native routing); the rest (this node, the world, and
+//!    whatever the chosen routing cannot place) goes to the host stack.
 //!
 //! to-container runs on the lxc's egress, on what the host stack delivers
 //! into the pod (counted as INGRESS): replies of translated flows get the
@@ -25,6 +27,7 @@ use aya_ebpf::{
 use lash_common::{
     ct::TUPLE_F_OUT,
     endpoint::{mac_from_u64, EndpointInfo, EndpointKey, ENDPOINT_F_HOST},
+    tunnel::{ROUTING_NATIVE, ROUTING_TUNNEL},
     metrics::{
         DROP_FRAG_NOSUPPORT, DROP_INVALID, DROP_INVALID_SIP, DROP_TTL_EXCEEDED, DROP_UNKNOWN_L3,
         METRIC_EGRESS, METRIC_INGRESS, REASON_FORWARDED,
@@ -32,12 +35,12 @@ use lash_common::{
 };
 
 use crate::{
-    arp,
+    arp, config,
     conntrack::{self, Ct, Dir},
-    ipcache,
+    fib, ipcache,
     ipv4::{self, Packet, ETH_P_IP},
     maps::LXC,
-    metrics, nat,
+    metrics, nat, tunnel,
 };
 
 #[classifier]
@@ -102,20 +105,37 @@ fn try_from_container(ctx: &TcContext, proto: u16) -> Result<i32, i32> {
     match dst {
         // Its identity (for policy, to come) is in its endpoint entry.
         Some(dst) => deliver_local(ctx, &mut p, &dst),
-        // The node itself, other nodes, the world: the host stack routes it.
-        // The identity is kept for policy, which will decide on it; an
-        // ipcache miss is the world.
-        None => {
-            let _dst_identity = ipcache::identity(p.daddr);
-            Ok(TC_ACT_OK as i32)
-        }
+        None => route_elsewhere(ctx, &mut p, src.sec_id),
+    }
+}
+
+/// A packet for anything but a pod on this node. The ipcache entry also
+/// carries the destination's identity, for policy to come (a miss is the
+/// world).
+#[inline(always)]
+fn route_elsewhere(ctx: &TcContext, p: &mut Packet, src_identity: u32) -> Result<i32, i32> {
+    let info = ipcache::lookup(p.daddr);
+    match config::routing() {
+        ROUTING_TUNNEL => match tunnel::endpoint(p.daddr, info) {
+            Some(node) => {
+                if p.ttl <= 1 {
+                    return Err(DROP_TTL_EXCEEDED as i32);
+                }
+                ipv4::dec_ttl(ctx, p)?;
+                tunnel::encap_and_redirect(ctx, node, src_identity)
+            }
+            // Not on another node (this node, the world): the stack.
+            None => Ok(TC_ACT_OK as i32),
+        },
+        ROUTING_NATIVE => fib::forward(ctx, p),
+        _ => Ok(TC_ACT_OK as i32),
     }
 }
 
 /// The endpoint of the pod on this node with address `addr`, if any (the
 /// node's own addresses are host entries, not pods).
 #[inline(always)]
-fn local_pod(addr: u32) -> Option<EndpointInfo> {
+pub fn local_pod(addr: u32) -> Option<EndpointInfo> {
     // SAFETY: the value is copied out at once.
     match unsafe { LXC.get(&EndpointKey::v4(addr)) } {
         Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => Some(*ep),
@@ -144,7 +164,7 @@ fn source_endpoint(ctx: &TcContext, p: &Packet) -> Result<EndpointInfo, i32> {
 /// MACs), then moved into the pod's namespace through its veth peer without
 /// going through the host stack.
 #[inline(always)]
-fn deliver_local(ctx: &TcContext, p: &mut Packet, dst: &EndpointInfo) -> Result<i32, i32> {
+pub fn deliver_local(ctx: &TcContext, p: &mut Packet, dst: &EndpointInfo) -> Result<i32, i32> {
     if p.ttl <= 1 {
         return Err(DROP_TTL_EXCEEDED as i32);
     }
@@ -191,16 +211,24 @@ fn try_to_container(ctx: &TcContext) -> Result<i32, i32> {
         Err(r) if r == DROP_FRAG_NOSUPPORT as i32 => return Ok(TC_ACT_OK as i32),
         Err(r) => return Err(r),
     };
-    // Only replies matter here: a flow the pod started has its OUT entry
-    // from from-container; flows from outside are not tracked (no policy
-    // needs them yet).
-    if let Ct::Reply(e) = conntrack::lookup(&p, false) {
-        conntrack::refresh(e, &p, Dir::Reply, conntrack::now());
+    restore_frontend(ctx, &mut p)?;
+    Ok(TC_ACT_OK as i32)
+}
+
+/// On the way into a pod: a reply to a flow the pod sent to a service
+/// frontend (translated per packet) gets the frontend back as its source.
+/// Only replies matter: a flow the pod started has its OUT entry from
+/// from-container; flows from outside are not tracked (no policy needs
+/// them yet).
+#[inline(always)]
+pub fn restore_frontend(ctx: &TcContext, p: &mut Packet) -> Result<(), i32> {
+    if let Ct::Reply(e) = conntrack::lookup(p, false) {
+        conntrack::refresh(e, p, Dir::Reply, conntrack::now());
         // SAFETY: a pointer into the map's value, from this lookup.
         let index = unsafe { (*e).rev_nat_index };
         if index != 0 {
-            nat::xlate_to_frontend(ctx, &mut p, index)?;
+            nat::xlate_to_frontend(ctx, p, index)?;
         }
     }
-    Ok(TC_ACT_OK as i32)
+    Ok(())
 }

@@ -9,12 +9,18 @@
 //!   their checksums; `conntrack`: the flow table; `nat`: per-packet service
 //!   translation and its reverse; `ipcache`: what an address is; `metrics`:
 //!   forward and drop counters.
+//! - `overlay`: the tc programs of `lash_vxlan`; `tunnel`: which node
+//!   carries an address, and the VXLAN tunnel key; `fib`: native routing's
+//!   forwarding by the kernel's FIB; `config`: the node's settings, fixed
+//!   at load.
 //! - `maps`: every map, one place, with the pinned names bpftool shows.
 #![no_std]
 #![no_main]
 
 mod arp;
+mod config;
 mod conntrack;
+mod fib;
 mod ipcache;
 mod ipv4;
 mod lb;
@@ -22,8 +28,10 @@ mod lxc;
 mod maps;
 mod metrics;
 mod nat;
+mod overlay;
 mod sock;
 mod sock_state;
+mod tunnel;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -14,6 +14,7 @@ use lash_common::{
     endpoint::{EndpointInfo, EndpointKey, RemoteEndpointInfo},
     maps as def,
     metrics::{MetricsKey, MetricsValue},
+    tunnel::{TunnelKey, TunnelValue},
     Lb4AffinityKey, Lb4AffinityMatch, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4ReverseNat,
     Lb4Service, SockLbState,
 };
@@ -58,6 +59,13 @@ pub static LXC: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(def::LXC.ma
 #[map(name = "ipcache")]
 pub static IPCACHE: LpmTrie<[u8; 20], RemoteEndpointInfo> =
     LpmTrie::pinned(def::IPCACHE.max_entries, 0);
+
+/// A remote node's pod-range base -> the node's address: the tunnel's
+/// destination when a remote pod's ipcache entry names none. Written by the
+/// agent only.
+#[map(name = "tunnel_map")]
+pub static TUNNEL_MAP: HashMap<TunnelKey, TunnelValue> =
+    HashMap::pinned(def::TUNNEL_MAP.max_entries, 0);
 
 /// Conntrack of TCP flows.
 #[map(name = "ct4_global")]

@@ -6,7 +6,9 @@ pub mod bpf_endpoint_list;
 pub mod bpf_ipcache;
 pub mod bpf_lb_affinity;
 pub mod bpf_lb_list;
+pub mod bpf_tunnel;
 pub mod endpoint_list;
+pub mod node_list;
 pub mod service_list;
 pub mod status;
 

@@ -21,11 +21,36 @@ use aya::{
 };
 use thiserror::Error;
 
-/// The programs of an lxc: (program name, hook, pin name).
+/// The programs of an lxc: (program name, hook).
 pub const LXC_PROGRAMS: [(&str, Hook); 2] = [
     ("from_container", Hook::Ingress),
     ("to_container", Hook::Egress),
 ];
+
+/// The programs of the VXLAN device (tunnel routing).
+pub const OVERLAY_PROGRAMS: [(&str, Hook); 2] = [
+    ("from_overlay", Hook::Ingress),
+    ("to_overlay", Hook::Egress),
+];
+
+/// A set of tc programs for one device, and the directory under which each
+/// device's links are pinned (`<dir>/<ifname>/<hook>`).
+#[derive(Clone, Copy)]
+pub struct ProgramSet {
+    pub programs: &'static [(&'static str, Hook)],
+    /// Under the bpf root.
+    pub dir: &'static str,
+}
+
+pub const LXC: ProgramSet = ProgramSet {
+    programs: &LXC_PROGRAMS,
+    dir: "endpoints",
+};
+
+pub const OVERLAY: ProgramSet = ProgramSet {
+    programs: &OVERLAY_PROGRAMS,
+    dir: "overlay",
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -90,16 +115,16 @@ pub enum LinkErr {
 
 /// `<bpf-root>/endpoints`, where every lxc's links are pinned.
 pub fn endpoints_dir(bpf_root: &Path) -> PathBuf {
-    bpf_root.join("endpoints")
+    bpf_root.join(LXC.dir)
 }
 
-fn pin_path(bpf_root: &Path, ifname: &str, hook: Hook) -> PathBuf {
-    endpoints_dir(bpf_root).join(ifname).join(hook.as_str())
+fn pin_path(bpf_root: &Path, set: ProgramSet, ifname: &str, hook: Hook) -> PathBuf {
+    bpf_root.join(set.dir).join(ifname).join(hook.as_str())
 }
 
-/// Loads the lxc programs of `ebpf` into the kernel (once per agent).
-pub fn load(ebpf: &mut Ebpf) -> Result<(), LinkErr> {
-    for (name, _) in LXC_PROGRAMS {
+/// Loads the programs of `set` into the kernel (once per agent).
+pub fn load(ebpf: &mut Ebpf, set: ProgramSet) -> Result<(), LinkErr> {
+    for &(name, _) in set.programs {
         program(ebpf, name)?
             .load()
             .map_err(|source| LinkErr::Program {
@@ -132,9 +157,19 @@ fn not_found(e: &LinkError) -> bool {
 /// endpoint of the same name left pinned are detached first: they may belong
 /// to an interface that no longer exists.
 pub fn attach(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), LinkErr> {
-    detach(bpf_root, ifname)?;
-    for (name, hook) in LXC_PROGRAMS {
-        attach_one(ebpf, bpf_root, ifname, name, hook)?;
+    attach_set(ebpf, bpf_root, LXC, ifname)
+}
+
+/// [`attach`] for any program set.
+pub fn attach_set(
+    ebpf: &mut Ebpf,
+    bpf_root: &Path,
+    set: ProgramSet,
+    ifname: &str,
+) -> Result<(), LinkErr> {
+    detach_set(bpf_root, set, ifname)?;
+    for &(name, hook) in set.programs {
+        attach_one(ebpf, bpf_root, set, ifname, name, hook)?;
     }
     Ok(())
 }
@@ -143,11 +178,12 @@ pub fn attach(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), Link
 fn attach_one(
     ebpf: &mut Ebpf,
     bpf_root: &Path,
+    set: ProgramSet,
     ifname: &str,
     name: &'static str,
     hook: Hook,
 ) -> Result<(), LinkErr> {
-    let dir = endpoints_dir(bpf_root).join(ifname);
+    let dir = bpf_root.join(set.dir).join(ifname);
     std::fs::create_dir_all(&dir).map_err(|e| LinkErr::Pin {
         hook: hook.as_str(),
         ifname: ifname.into(),
@@ -164,7 +200,7 @@ fn attach_one(
         )
         .map_err(attach_err)?;
     let link = prog.take_link(id).map_err(attach_err)?;
-    pin(link, bpf_root, ifname, hook)
+    pin(link, pin_path(bpf_root, set, ifname, hook), ifname, hook)
 }
 
 /// The error of attaching program `name` to `hook` of `ifname`, for map_err.
@@ -183,11 +219,10 @@ fn attach_error<'a>(
 
 fn pin(
     link: SchedClassifierLink,
-    bpf_root: &Path,
+    path: PathBuf,
     ifname: &str,
     hook: Hook,
 ) -> Result<(), LinkErr> {
-    let path = pin_path(bpf_root, ifname, hook);
     let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| LinkErr::Pin {
         hook: hook.as_str(),
         ifname: ifname.into(),
@@ -203,8 +238,18 @@ fn pin(
 /// the kernel swaps the program in place, the lxc is never without one). A
 /// hook without a pinned link gets a fresh one.
 pub fn take_over(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), LinkErr> {
-    for (name, hook) in LXC_PROGRAMS {
-        let path = pin_path(bpf_root, ifname, hook);
+    take_over_set(ebpf, bpf_root, LXC, ifname)
+}
+
+/// [`take_over`] for any program set.
+pub fn take_over_set(
+    ebpf: &mut Ebpf,
+    bpf_root: &Path,
+    set: ProgramSet,
+    ifname: &str,
+) -> Result<(), LinkErr> {
+    for &(name, hook) in set.programs {
+        let path = pin_path(bpf_root, set, ifname, hook);
         match PinnedLink::from_pin(&path) {
             Ok(old) => {
                 let prog = program(ebpf, name)?;
@@ -220,7 +265,7 @@ pub fn take_over(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), L
                 // The pin keeps the link; our handle may go.
                 drop(prog.take_link(id).map_err(attach_err)?);
             }
-            Err(e) if not_found(&e) => attach_one(ebpf, bpf_root, ifname, name, hook)?,
+            Err(e) if not_found(&e) => attach_one(ebpf, bpf_root, set, ifname, name, hook)?,
             Err(e) => {
                 return Err(LinkErr::Pin {
                     hook: hook.as_str(),
@@ -237,8 +282,13 @@ pub fn take_over(ebpf: &mut Ebpf, bpf_root: &Path, ifname: &str) -> Result<(), L
 /// Unpins (and so detaches) the links of `ifname`; what is already gone is
 /// not an error.
 pub fn detach(bpf_root: &Path, ifname: &str) -> Result<(), LinkErr> {
-    for (_, hook) in LXC_PROGRAMS {
-        let path = pin_path(bpf_root, ifname, hook);
+    detach_set(bpf_root, LXC, ifname)
+}
+
+/// [`detach`] for any program set.
+pub fn detach_set(bpf_root: &Path, set: ProgramSet, ifname: &str) -> Result<(), LinkErr> {
+    for &(_, hook) in set.programs {
+        let path = pin_path(bpf_root, set, ifname, hook);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -251,7 +301,7 @@ pub fn detach(bpf_root: &Path, ifname: &str) -> Result<(), LinkErr> {
             }
         }
     }
-    let _ = std::fs::remove_dir(endpoints_dir(bpf_root).join(ifname));
+    let _ = std::fs::remove_dir(bpf_root.join(set.dir).join(ifname));
     Ok(())
 }
 
@@ -259,7 +309,7 @@ pub fn detach(bpf_root: &Path, ifname: &str) -> Result<(), LinkErr> {
 pub fn pinned_hooks(bpf_root: &Path, ifname: &str) -> usize {
     LXC_PROGRAMS
         .iter()
-        .filter(|(_, hook)| pin_path(bpf_root, ifname, *hook).exists())
+        .filter(|(_, hook)| pin_path(bpf_root, LXC, ifname, *hook).exists())
         .count()
 }
 

@@ -171,7 +171,7 @@ impl Manager {
         state_dir: &Path,
         pod_cidr: Option<Ipv4Cidr>,
     ) -> Result<Self, EndpointError> {
-        links::load(&mut ebpf)?;
+        links::load(&mut ebpf, links::LXC)?;
         let store = Store::new(state_dir);
         let records = store.load()?;
         Ok(Manager {

@@ -41,6 +41,11 @@ impl Ipv4Cidr {
         u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
     }
 
+    /// The base address.
+    pub fn network(self) -> Ipv4Addr {
+        self.network
+    }
+
     /// The prefix length.
     pub fn prefix(self) -> u8 {
         self.prefix

@@ -60,7 +60,7 @@ impl Watched for Service {
     fn into_objects(self) -> FileObjects {
         FileObjects {
             services: vec![self],
-            slices: Vec::new(),
+            ..Default::default()
         }
     }
 }
@@ -69,8 +69,8 @@ impl Watched for EndpointSlice {
     const KIND: Kind = Kind::Slice;
     fn into_objects(self) -> FileObjects {
         FileObjects {
-            services: Vec::new(),
             slices: vec![self],
+            ..Default::default()
         }
     }
     fn trigger_time(&self) -> Option<SystemTime> {

@@ -10,7 +10,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -29,6 +32,9 @@ pub enum ManifestError {
 pub struct FileObjects {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
+    /// Nodes, kept in compact form only (standalone clusters name their
+    /// nodes here).
+    pub nodes: Vec<super::nodes::NodeInfo>,
 }
 
 /// Everything the directory holds now (tests look at the directory this way).
@@ -345,7 +351,7 @@ impl Doc for serde_yaml::Value {
 }
 
 /// Sorts one decoded object into `out` by apiVersion and kind. Kinds other
-/// than Service and EndpointSlice are skipped (a manifest directory often holds
+/// than Service, EndpointSlice and Node are skipped (a manifest directory often holds
 /// Deployments too); a `v1` List contributes its items.
 fn add_object<V: Doc>(out: &mut FileObjects, value: V, what: &str) -> Result<(), String> {
     let api = value.str_field("apiVersion").unwrap_or_default();
@@ -360,6 +366,11 @@ fn add_object<V: Doc>(out: &mut FileObjects, value: V, what: &str) -> Result<(),
             value
                 .decode()
                 .map_err(|e| format!("{what} (EndpointSlice): {e}"))?,
+        )),
+        ("v1", "Node") => out.nodes.push(super::nodes::NodeInfo::of(
+            &value
+                .decode::<Node>()
+                .map_err(|e| format!("{what} (Node): {e}"))?,
         )),
         (_, "List") => {
             let list = value
@@ -414,6 +425,9 @@ fn add_json(out: &mut FileObjects, text: &str, what: &str) -> Result<(), String>
         )),
         ("discovery.k8s.io/v1", "EndpointSlice") => out.slices.push(trim_slice(
             serde_json::from_str(text).map_err(|e| format!("{what} (EndpointSlice): {e}"))?,
+        )),
+        ("v1", "Node") => out.nodes.push(super::nodes::NodeInfo::of(
+            &serde_json::from_str::<Node>(text).map_err(|e| format!("{what} (Node): {e}"))?,
         )),
         (_, "List") => {
             let items = head
@@ -473,6 +487,19 @@ spec:
             .iter()
             .map(|s| s.metadata.name.clone().unwrap_or_default())
             .collect()
+    }
+
+    #[test]
+    fn nodes_are_read_in_compact_form_from_yaml_and_json() {
+        let yaml = "apiVersion: v1\nkind: Node\nmetadata: {name: node-2}\nspec: {podCIDRs: [10.244.2.0/24]}\nstatus: {addresses: [{type: InternalIP, address: 192.168.50.12}]}\n";
+        let n = &parse(yaml).unwrap().nodes[0];
+        assert_eq!(n.name, "node-2");
+        assert_eq!(n.internal_ip, Some("192.168.50.12".parse().unwrap()));
+        assert_eq!(n.ipv4_pod_cidr(), Some("10.244.2.0/24"));
+        let json = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n"},"spec":{"podCIDR":"10.244.3.0/24"}}"#;
+        assert_eq!(parse_json(json).unwrap().nodes[0].pod_cidrs, ["10.244.3.0/24"]);
+        let e = parse("apiVersion: v1\nkind: Node\nmetadata: {name: x}\nspec: {podCIDRs: 7}\n").unwrap_err();
+        assert!(e.contains("(Node)"), "{e}");
     }
 
     #[test]

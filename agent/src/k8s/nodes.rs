@@ -1,6 +1,6 @@
 //! The cluster's Nodes, in compact form: each node's InternalIP and pod
-//! ranges. This node's range feeds IPAM; the others are kept for routing to
-//! them (tunnel endpoints, routes), which is the multi-node work to come.
+//! ranges. This node's range feeds IPAM; every node goes to the mesh as a
+//! [`ClusterNode`] (tunnel endpoints, routes to the others).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,6 +10,8 @@ use std::{
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
 use serde::Serialize;
+
+use crate::model::ClusterNode;
 
 /// What lash keeps of a Node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -52,6 +54,40 @@ impl NodeInfo {
                 .is_some_and(|a| a.parse::<Ipv4Addr>().is_ok())
         })
     }
+}
+
+impl NodeInfo {
+    /// The model's view: the first IPv4 range parsed, or why it could not be.
+    pub fn to_model(&self) -> ClusterNode {
+        let (mut pod_cidr, mut problem) = (None, None);
+        match self.ipv4_pod_cidr() {
+            None => problem = Some("no IPv4 pod range (spec.podCIDRs)".to_string()),
+            Some(text) => match parse_cidr(text) {
+                Some(c) => pod_cidr = Some(c),
+                None => problem = Some(format!("pod range {text:?} is not an IPv4 CIDR")),
+            },
+        }
+        if self.internal_ip.is_none() && problem.is_none() {
+            problem = Some("no IPv4 InternalIP (status.addresses)".to_string());
+        }
+        ClusterNode {
+            name: self.name.clone(),
+            address: self.internal_ip,
+            pod_cidr,
+            problem,
+        }
+    }
+}
+
+/// `10.244.1.0/24` -> its base (host bits must be zero) and length.
+fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, bits) = text.split_once('/')?;
+    let (ip, bits): (Ipv4Addr, u8) = (ip.parse().ok()?, bits.parse().ok()?);
+    if bits == 0 || bits > 32 {
+        return None;
+    }
+    let mask = u32::MAX << (32 - u32::from(bits));
+    (u32::from(ip) & !mask == 0).then_some((ip, bits))
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +141,11 @@ impl NodeIndex {
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
+
+    /// Every node, in the model's form, by name.
+    pub fn all(&self) -> Vec<ClusterNode> {
+        self.nodes.values().map(NodeInfo::to_model).collect()
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +188,19 @@ mod tests {
         assert_eq!(n.ipv4_pod_cidr(), Some("10.244.1.0/24"));
         let bare = NodeInfo::of(&Node::default());
         assert_eq!((bare.internal_ip, bare.ipv4_pod_cidr()), (None, None));
+    }
+
+    #[test]
+    fn a_node_becomes_a_cluster_node_or_says_why_not() {
+        let n = NodeInfo::of(&node("a", "192.168.1.10", &["10.244.1.0/24"])).to_model();
+        assert_eq!(n.pod_cidr, Some((Ipv4Addr::new(10, 244, 1, 0), 24)));
+        assert_eq!(n.address, Some(Ipv4Addr::new(192, 168, 1, 10)));
+        assert_eq!(n.problem, None);
+        let bad = NodeInfo::of(&node("b", "192.168.1.11", &["10.244.1.7/24"])).to_model();
+        assert_eq!(bad.pod_cidr, None);
+        assert!(bad.problem.unwrap().contains("10.244.1.7/24"));
+        let none = NodeInfo::of(&node("c", "192.168.1.12", &[])).to_model();
+        assert!(none.problem.unwrap().contains("no IPv4 pod range"));
     }
 
     #[test]

@@ -100,6 +100,24 @@ pub fn encode_local(ip: Ipv4Addr, identity: u32) -> (IpcacheKey, RemoteEndpointI
     )
 }
 
+/// The entry for a prefix another node carries: `identity`, and the node
+/// the tunnel goes to (None in native routing for the node's own address).
+pub fn encode_remote(
+    ip: Ipv4Addr,
+    bits: u8,
+    identity: u32,
+    tunnel_endpoint: Option<Ipv4Addr>,
+) -> (IpcacheKey, RemoteEndpointInfo) {
+    (
+        IpcacheKey::v4(u32::from(ip).to_be(), u32::from(bits)),
+        RemoteEndpointInfo {
+            sec_identity: identity,
+            tunnel_endpoint: tunnel_endpoint.map_or(0, |t| u32::from(t).to_be()),
+            ..Default::default()
+        },
+    )
+}
+
 /// The pinned `ipcache` map.
 pub struct IpcacheMap(LpmTrie<MapData, KeyData, RemoteEndpointInfo>);
 
@@ -117,7 +135,12 @@ impl IpcacheMap {
 
     /// Removes the /32 of `ip`.
     pub fn remove_host(&mut self, ip: Ipv4Addr) -> Result<(), MapWriteError> {
-        let k = IpcacheKey::v4(u32::from(ip).to_be(), 32);
+        self.remove_prefix(ip, 32)
+    }
+
+    /// Removes the entry of exactly `ip/bits`.
+    pub fn remove_prefix(&mut self, ip: Ipv4Addr, bits: u32) -> Result<(), MapWriteError> {
+        let k = IpcacheKey::v4(u32::from(ip).to_be(), bits);
         deleted(self.0.remove(&to_trie_key(&k)), IPCACHE.name)
     }
 

@@ -17,6 +17,7 @@ pub mod lb4_services;
 pub mod lxc;
 pub mod metrics;
 mod pinned;
+pub mod tunnel;
 mod writer;
 
 #[cfg(test)]

@@ -8,51 +8,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use rtnetlink::{packet_route::address::AddressAttribute, Handle, LinkUnspec, LinkVeth};
-use thiserror::Error;
+use rtnetlink::{packet_route::address::AddressAttribute, LinkUnspec, LinkVeth};
+
+use super::netlink::{connect, errno, link_index, nl, NodeNetError};
 
 pub const HOST_DEVICE: &str = "lash_host";
 pub const NET_DEVICE: &str = "lash_net";
-
-#[derive(Debug, Error)]
-pub enum NodeNetError {
-    #[error("opening a netlink socket: {0}")]
-    Socket(#[source] std::io::Error),
-    #[error("{what}: {source}")]
-    Netlink {
-        what: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-}
-
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NodeNetError {
-    let what = what.into();
-    move |source| NodeNetError::Netlink { what, source }
-}
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-        _ => None,
-    }
-}
-
-fn connect() -> Result<Handle, NodeNetError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(NodeNetError::Socket)?;
-    tokio::spawn(conn);
-    Ok(handle)
-}
-
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NodeNetError> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(l)) => Ok(Some(l.header.index)),
-        Ok(None) => Ok(None),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(nl(format!("looking up {name}"))(e)),
-    }
-}
 
 /// Makes `lash_host`/`lash_net` exist, be up, and hold `gateway`/32; what is
 /// already there is kept.

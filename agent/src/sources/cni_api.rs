@@ -57,9 +57,18 @@ pub struct CniApi {
     ipam: Option<Arc<Ipam>>,
     endpoints: Arc<Mutex<Manager>>,
     changed: Arc<dyn Fn() + Send + Sync>,
+    /// The device whose MTU pods get (lash_vxlan in tunnel routing), read
+    /// at every allocation since it follows the underlay's.
+    mtu_of: Option<&'static str>,
 }
 
 impl CniApi {
+    /// Pods get `device`'s MTU.
+    pub fn with_pod_mtu_of(mut self, device: &'static str) -> Self {
+        self.mtu_of = Some(device);
+        self
+    }
+
     pub fn new(
         ipam: Option<Arc<Ipam>>,
         endpoints: Arc<Mutex<Manager>>,
@@ -69,6 +78,7 @@ impl CniApi {
             ipam,
             endpoints,
             changed,
+            mtu_of: None,
         }
     }
 
@@ -158,6 +168,12 @@ impl Cni for CniApi {
             address: ip.to_string(),
             prefix_len: u32::from(usage.cidr.prefix()),
             gateway: usage.gateway.to_string(),
+            mtu: match self.mtu_of {
+                Some(dev) => crate::node::vxlan::device_mtu(dev).map_err(|e| {
+                    Status::unavailable(format!("reading {dev}'s MTU for the pod: {e}"))
+                })?,
+                None => 0,
+            },
         }))
     }
 

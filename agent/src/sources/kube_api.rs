@@ -37,6 +37,8 @@ use crate::{
     telemetry::Telemetry,
 };
 
+use super::nodes_out::{self, NodesTx};
+
 /// How often an unreachable API is asked whether it is back.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Events taken in one go before the changes are sent: a burst (a list, a
@@ -59,6 +61,7 @@ pub struct KubeSource {
     /// The first full reconcile has been sent.
     full_sent: bool,
     health: ApiHealth,
+    nodes_tx: Option<NodesTx>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -96,8 +99,15 @@ impl KubeSource {
                 node_name,
                 ..Default::default()
             },
+            nodes_tx: None,
             telemetry,
         }
+    }
+
+    /// Publishes the watched Nodes on `tx` once listed, and on every change.
+    pub fn with_nodes_out(mut self, tx: NodesTx) -> Self {
+        self.nodes_tx = Some(tx);
+        self
     }
 
     /// Translates for `node` (its name, zone and node-port addresses).
@@ -172,6 +182,13 @@ impl KubeSource {
         let me = self.nodes.get(&self.health.node_name);
         self.health.node_pod_cidr = me.and_then(|n| n.ipv4_pod_cidr().map(str::to_string));
         self.health.node_ip = me.and_then(|n| n.internal_ip.map(|ip| ip.to_string()));
+        // A relist's nodes are published when the list is whole: the mesh
+        // removes what a published list lacks.
+        if let Some(tx) = &self.nodes_tx {
+            if self.nodes.listed() && !self.nodes.relisting() {
+                nodes_out::publish(tx, self.nodes.all());
+            }
+        }
         self.health != was
     }
 

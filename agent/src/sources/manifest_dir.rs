@@ -4,6 +4,7 @@
 //! watch, and one second after a change that could not be programmed.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -16,10 +17,16 @@ use tracing::info;
 
 use crate::{
     datapath::{self, Command, Outcome, SourceState},
-    k8s::{index::ServiceIndex, manifests::ManifestDir, node_context::NodeContext},
+    k8s::{
+        index::ServiceIndex, manifests::ManifestDir, node_context::NodeContext, nodes::NodeInfo,
+    },
     model::Change,
     telemetry::Telemetry,
 };
+
+use super::nodes_out::{self, NodesTx};
+
+
 
 #[derive(Debug, Error)]
 #[error("watching the manifest directory {dir}: {source}")]
@@ -35,6 +42,9 @@ pub struct ManifestSource {
     index: ServiceIndex,
     /// Errors of files that do not parse, from the last refresh.
     file_errors: Vec<String>,
+    /// The Node objects of each file (a broken file keeps its last good ones).
+    nodes: BTreeMap<PathBuf, Vec<NodeInfo>>,
+    nodes_tx: Option<NodesTx>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -45,8 +55,16 @@ impl ManifestSource {
             dir,
             index: ServiceIndex::default(),
             file_errors: Vec::new(),
+            nodes: BTreeMap::new(),
+            nodes_tx: None,
             telemetry,
         }
+    }
+
+    /// Publishes the directory's Node objects on `tx` after every refresh.
+    pub fn with_nodes_out(mut self, tx: NodesTx) -> Self {
+        self.nodes_tx = Some(tx);
+        self
     }
 
     /// Translates for `node` (its name, zone and node-port addresses).
@@ -58,8 +76,20 @@ impl ManifestSource {
     /// Reads what changed on disk; returns the frontend changes it causes.
     fn refresh(&mut self) -> Vec<Change> {
         match self.source.refresh() {
-            Ok(r) => {
+            Ok(mut r) => {
                 self.file_errors = r.errors;
+                for c in &mut r.changed {
+                    let nodes = std::mem::take(&mut c.new.nodes);
+                    if nodes.is_empty() {
+                        self.nodes.remove(&c.path);
+                    } else {
+                        self.nodes.insert(c.path.clone(), nodes);
+                    }
+                }
+                if let Some(tx) = &self.nodes_tx {
+                    let all = self.nodes.values().flatten().map(NodeInfo::to_model);
+                    nodes_out::publish(tx, all.collect());
+                }
                 self.index.apply_files(r.changed)
             }
             Err(e) => {

@@ -10,6 +10,8 @@
 //!   kube-rs watchers.
 //! - `cni_api`: the local gRPC API lash-cni calls (addresses, endpoints),
 //!   with `cni_messages` between its messages and the agent's types.
+//! - `nodes_out`: the channel both Kubernetes-shaped sources publish the
+//!   cluster's nodes on, for the mesh.
 
 pub mod cni_api;
 mod cni_messages;
@@ -17,3 +19,4 @@ pub mod kube_api;
 #[cfg(test)]
 mod kube_api_tests;
 pub mod manifest_dir;
+pub mod nodes_out;
