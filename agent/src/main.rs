@@ -494,7 +494,21 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Uninstall { force } => loader::uninstall(&cli.bpf_root, &cli.state_dir, force)
-            .with_context(|| format!("uninstalling {}", cli.bpf_root.display())),
+        Cmd::Uninstall { force } => {
+            loader::uninstall(&cli.bpf_root, &cli.state_dir, force)
+                .with_context(|| format!("uninstalling {}", cli.bpf_root.display()))?;
+            let (routes, device) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(mesh::remove_network())
+                .context("removing the routes to other nodes and the tunnel device")?;
+            if routes > 0 || device {
+                eprintln!(
+                    "removed {routes} route(s) to other nodes{}",
+                    if device { " and lash_vxlan" } else { "" }
+                );
+            }
+            Ok(())
+        }
     }
 }

@@ -361,3 +361,17 @@ impl Mesh {
         }
     }
 }
+
+/// What `agent uninstall` removes besides the pins: lash's routes to other
+/// nodes and lash_vxlan, so the node is left with no path into a datapath
+/// that is gone. Returns how many routes were removed and whether the
+/// device was there.
+pub async fn remove_network() -> Result<(usize, bool), NodeNetError> {
+    let handle = connect()?;
+    let ours = routes::list(&handle).await?;
+    let n = ours.len();
+    for (_, msg) in ours {
+        routes::remove(&handle, msg).await?;
+    }
+    Ok((n, vxlan::remove_vxlan().await?))
+}
