@@ -83,12 +83,18 @@ async fn prepare_routing(mode: RoutingMode) -> anyhow::Result<(Option<u32>, Opti
         RoutingMode::Tunnel => {
             let mtu = vxlan::overlay_mtu(vxlan::underlay_mtu(None).await?);
             let ifindex = vxlan::ensure_vxlan(mtu).await?;
-            info!(device = vxlan::VXLAN_DEVICE, ifindex, mtu, "tunnel device ready");
+            info!(
+                device = vxlan::VXLAN_DEVICE,
+                ifindex, mtu, "tunnel device ready"
+            );
             Ok((Some(ifindex), Some(mtu)))
         }
         RoutingMode::Native => {
             if vxlan::remove_vxlan().await? {
-                info!(device = vxlan::VXLAN_DEVICE, "removed: native routing needs no tunnel");
+                info!(
+                    device = vxlan::VXLAN_DEVICE,
+                    "removed: native routing needs no tunnel"
+                );
             }
             if vxlan::enable_forwarding()? {
                 info!("IPv4 forwarding turned on for native routing");

@@ -217,12 +217,7 @@ fn attach_error<'a>(
     }
 }
 
-fn pin(
-    link: SchedClassifierLink,
-    path: PathBuf,
-    ifname: &str,
-    hook: Hook,
-) -> Result<(), LinkErr> {
+fn pin(link: SchedClassifierLink, path: PathBuf, ifname: &str, hook: Hook) -> Result<(), LinkErr> {
     let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| LinkErr::Pin {
         hook: hook.as_str(),
         ifname: ifname.into(),

@@ -497,8 +497,12 @@ spec:
         assert_eq!(n.internal_ip, Some("192.168.50.12".parse().unwrap()));
         assert_eq!(n.ipv4_pod_cidr(), Some("10.244.2.0/24"));
         let json = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n"},"spec":{"podCIDR":"10.244.3.0/24"}}"#;
-        assert_eq!(parse_json(json).unwrap().nodes[0].pod_cidrs, ["10.244.3.0/24"]);
-        let e = parse("apiVersion: v1\nkind: Node\nmetadata: {name: x}\nspec: {podCIDRs: 7}\n").unwrap_err();
+        assert_eq!(
+            parse_json(json).unwrap().nodes[0].pod_cidrs,
+            ["10.244.3.0/24"]
+        );
+        let e = parse("apiVersion: v1\nkind: Node\nmetadata: {name: x}\nspec: {podCIDRs: 7}\n")
+            .unwrap_err();
         assert!(e.contains("(Node)"), "{e}");
     }
 

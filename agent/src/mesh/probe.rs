@@ -124,7 +124,9 @@ mod tests {
     fn the_request_checksums_to_zero_and_its_reply_is_recognised() {
         let req = echo_request(0x1234, 7);
         assert_eq!(checksum(&req), 0);
-        let mut reply = vec![0x45u8, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+        let mut reply = vec![
+            0x45u8, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
         let mut icmp = req.to_vec();
         icmp[0] = 0;
         reply.extend_from_slice(&icmp);

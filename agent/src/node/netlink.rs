@@ -44,4 +44,3 @@ pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32
         Err(e) => Err(nl(format!("looking up {name}"))(e)),
     }
 }
-

@@ -64,7 +64,13 @@ pub async fn ensure_vxlan(mtu: u32) -> Result<u32, NodeNetError> {
 async fn set_mtu_and_up(handle: &Handle, index: u32, mtu: u32) -> Result<(), NodeNetError> {
     handle
         .link()
-        .set(LinkUnspec::new_with_index(index).mtu(mtu).arp(false).up().build())
+        .set(
+            LinkUnspec::new_with_index(index)
+                .mtu(mtu)
+                .arp(false)
+                .up()
+                .build(),
+        )
         .execute()
         .await
         .map_err(nl(format!("setting {VXLAN_DEVICE} up with MTU {mtu}")))
@@ -194,7 +200,9 @@ pub fn enable_forwarding() -> std::io::Result<bool> {
 /// socket of this namespace: /sys may show another one's devices).
 pub fn device_mtu(name: &str) -> std::io::Result<u32> {
     if name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::other(format!("{name:?}: not a device name")));
+        return Err(std::io::Error::other(format!(
+            "{name:?}: not a device name"
+        )));
     }
     // SAFETY: plain socket call; closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };

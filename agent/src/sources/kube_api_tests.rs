@@ -37,6 +37,15 @@ fn slice(name: &str, ip: &str, rv: &str) -> Value {
     })
 }
 
+fn node(name: &str, ip: &str, cidr: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "resourceVersion": "3"},
+        "spec": {"podCIDRs": [cidr]},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+    })
+}
+
 fn list(kind: &str, items: Vec<Value>, rv: &str, cont: Option<&str>) -> Value {
     let mut meta = json!({"resourceVersion": rv});
     if let Some(c) = cont {
@@ -119,7 +128,15 @@ async fn api_server(mut handle: tower_test::mock::Handle<Request<Body>, Response
                 None,
             )
         } else if uri.starts_with("/api/v1/nodes") && !watch {
-            list("NodeList", vec![], "12", None)
+            list(
+                "NodeList",
+                vec![
+                    node("node-1", "192.168.50.11", "10.244.1.0/24"),
+                    node("node-2", "192.168.50.12", "10.244.2.0/24"),
+                ],
+                "12",
+                None,
+            )
         } else {
             open.push(send);
             continue;
@@ -158,7 +175,9 @@ async fn paged_lists_and_a_410_relist_reach_the_owner_whole_and_at_once() {
         "/nonexistent".into(),
         Duration::from_secs(60),
     ));
-    let source = KubeSource::new(client, "mock".into(), "node-1".into(), telemetry.clone());
+    let (nodes_tx, nodes_rx) = super::nodes_out::channel();
+    let source = KubeSource::new(client, "mock".into(), "node-1".into(), telemetry.clone())
+        .with_nodes_out(nodes_tx);
     let (tx, mut rx) = mpsc::channel(16);
     let (_stop_tx, stop_rx) = mpsc::channel(1);
     let task = tokio::spawn(source.run(tx, Duration::from_secs(3600), stop_rx));
@@ -172,6 +191,14 @@ async fn paged_lists_and_a_410_relist_reach_the_owner_whole_and_at_once() {
         BTreeSet::from([frontend([10, 96, 0, 1]), frontend([10, 96, 0, 3])]),
         "both pages of the first list"
     );
+    // The listed Nodes went to the mesh, in the model's form.
+    let nodes = nodes_rx
+        .borrow()
+        .clone()
+        .expect("nodes published once listed");
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["node-1", "node-2"]);
+    assert_eq!(nodes[1].pod_cidr, Some((Ipv4Addr::new(10, 244, 2, 0), 24)));
     // Healthy once the source has the owner's answer.
     let healthy = async {
         while !telemetry

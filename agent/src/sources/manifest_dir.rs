@@ -26,8 +26,6 @@ use crate::{
 
 use super::nodes_out::{self, NodesTx};
 
-
-
 #[derive(Debug, Error)]
 #[error("watching the manifest directory {dir}: {source}")]
 pub struct WatchError {
