@@ -56,8 +56,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum MeshError {
+    // Boxed: aya's errors are large, and every Result here carries them.
     #[error(transparent)]
-    Maps(#[from] MapsError),
+    Maps(Box<MapsError>),
     #[error(transparent)]
     Write(#[from] MapWriteError),
     #[error(transparent)]
@@ -69,6 +70,16 @@ pub enum MeshError {
         source: std::io::Error,
     },
 }
+
+impl From<MapsError> for MeshError {
+    fn from(e: MapsError) -> Self {
+        MeshError::Maps(Box::new(e))
+    }
+}
+
+/// ipcache entries the mesh wants: (address, prefix bits) -> (identity,
+/// tunnel endpoint).
+type IpcacheWants = BTreeMap<(Ipv4Addr, u32), (u32, Option<Ipv4Addr>)>;
 
 pub struct MeshConfig {
     pub mode: RoutingMode,
@@ -141,13 +152,7 @@ impl Mesh {
     }
 
     /// The ipcache entries, tunnel entries and routes the peers need.
-    fn desired(
-        &self,
-    ) -> (
-        BTreeMap<(Ipv4Addr, u32), (u32, Option<Ipv4Addr>)>,
-        Vec<TunnelEntry>,
-        Vec<PeerRoute>,
-    ) {
+    fn desired(&self) -> (IpcacheWants, Vec<TunnelEntry>, Vec<PeerRoute>) {
         let tunnel = self.cfg.mode == RoutingMode::Tunnel;
         let mut ip = BTreeMap::new();
         let mut tun = Vec::new();
@@ -200,7 +205,7 @@ impl Mesh {
         let mut writes = 0;
 
         // Entries first: a route only ever leads to a known node.
-        let have_ip: BTreeMap<(Ipv4Addr, u32), (u32, Option<Ipv4Addr>)> = self
+        let have_ip: IpcacheWants = self
             .ipcache
             .entries()?
             .into_iter()
