@@ -32,14 +32,24 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn check() -> anyhow::Result<()> {
+/// Ctrl-C and SIGTERM set a flag the demo checks between steps, so its
+/// drops remove what it made.
+pub fn install_interrupt() {
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn check() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted; sandbox removed");
     }
     Ok(())
 }
 
-fn section(title: &str) {
+pub fn section(title: &str) {
     println!("\n=== {title}");
 }
 
@@ -67,11 +77,7 @@ status:
 }
 
 pub fn run(hold: bool, k8s: bool) -> anyhow::Result<()> {
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_sigint as *const () as libc::sighandler_t);
-    }
+    install_interrupt();
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let mut sb = Sandbox::new("demo", 0).context("building the sandbox")?;
     section("sandbox");

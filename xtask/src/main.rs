@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod demo_nodes;
 mod setup;
 
 use std::process::Command;
@@ -35,8 +36,12 @@ enum Cmd {
         hold: bool,
         /// The agent watches a Kubernetes API (a stand-in server in the
         /// sandbox) instead of a manifest directory.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nodes")]
         k8s: bool,
+        /// A simulated cluster of N nodes (tunnel routing): the way of a
+        /// packet from a pod on one node to a pod on another.
+        #[arg(long)]
+        nodes: Option<usize>,
     },
     /// lash vs kube-proxy's iptables and nftables rules vs no translation,
     /// then pod networking, CNI latency and from-container per packet.
@@ -91,9 +96,12 @@ fn main() -> anyhow::Result<()> {
             // programs; one at a time keeps them clear of each other on 2 cores.
             cargo(&["test", "-p", "lash-tests", "--", "--test-threads=1"])
         }
-        Cmd::Demo { hold, k8s } => {
+        Cmd::Demo { hold, k8s, nodes } => {
             build()?;
-            demo::run(hold, k8s)
+            match nodes {
+                Some(n) => demo_nodes::run(n, hold),
+                None => demo::run(hold, k8s),
+            }
         }
         Cmd::Bench { quick, sizes, arms } => {
             setup::setup()?;
