@@ -185,7 +185,17 @@ impl Capture {
         // Immediate mode: without it libpcap hands packets over in blocks
         // (after up to a second), and whatever is still in a block when
         // tcpdump is told to stop is lost.
-        cmd.args(["-i", iface, "-nn", "--immediate-mode", "-U", "-s", "256", "-w", "-"]);
+        cmd.args([
+            "-i",
+            iface,
+            "-nn",
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "256",
+            "-w",
+            "-",
+        ]);
         if !filter.is_empty() {
             cmd.arg(filter);
         }
@@ -321,7 +331,12 @@ mod tests {
             let i = v.inner.as_ref().expect("inner");
             assert_eq!(
                 (i.src, i.dst, i.len, i.dont_fragment),
-                ("10.244.1.5".parse().unwrap(), "10.244.2.7".parse().unwrap(), 1428, true)
+                (
+                    "10.244.1.5".parse().unwrap(),
+                    "10.244.2.7".parse().unwrap(),
+                    1428,
+                    true
+                )
             );
             assert_eq!(got[0].udp_dport(), Some(VXLAN_PORT));
             assert!(!got[0].ip.fragment);

@@ -407,16 +407,39 @@ impl Cluster {
         Ok(())
     }
 
+    /// Brings a removed node `i` back: its Node manifest into every other
+    /// member's directory again (its own directory kept them all).
+    pub fn rejoin_node(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].member = true;
+        self.write_node_everywhere(i)
+    }
+
     /// Moves node `i` to underlay address `addr`: the new address is added
     /// to its eth0, its Node manifest rewritten everywhere (its own
     /// directory included) and the old address removed.
     pub fn set_node_address(&mut self, i: usize, addr: Ipv4Addr) -> anyhow::Result<()> {
         let ns = self.nodes[i].sb.node_ns.clone();
         let old = self.nodes[i].addr;
-        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         self.nodes[i].addr = addr;
         self.write_node_everywhere(i)?;
-        ip(&["-n", &ns, "addr", "del", &format!("{old}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "del",
+            &format!("{old}/24"),
+            "dev",
+            "eth0",
+        ])?;
         Ok(())
     }
 
@@ -462,6 +485,30 @@ impl Cluster {
             .with_context(|| format!("no endpoint for {} in {list}", pod.ip))
     }
 
+    /// Node `i`'s dropped packets by reason (`agent bpf metrics list`):
+    /// (reason, direction) -> packets, forwarded packets left out.
+    pub fn drops(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<std::collections::BTreeMap<(u64, String), u64>> {
+        let rows = self.agent_json(i, &["bpf", "metrics", "list"])?;
+        Ok(rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["reason"].as_u64() != Some(0))
+            .map(|r| {
+                (
+                    (
+                        r["reason"].as_u64().unwrap_or(0),
+                        r["direction"].as_str().unwrap_or("?").to_string(),
+                    ),
+                    r["packets"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
     /// Node `i`'s kernel routes that the agent made (by their protocol).
     pub fn agent_routes(&self, i: usize) -> Vec<Value> {
         ip_json(
@@ -493,7 +540,12 @@ impl Cluster {
             .into_iter()
             .map(|j| {
                 let n = &self.nodes[j];
-                (n.name.clone(), n.addr.to_string(), n.pod_cidr.clone(), j == i)
+                (
+                    n.name.clone(),
+                    n.addr.to_string(),
+                    n.pod_cidr.clone(),
+                    j == i,
+                )
             })
             .collect();
         match self.agent_json(i, &["node", "list"]) {
@@ -575,14 +627,22 @@ impl Cluster {
                     .map(|n| (n.pod_cidr.clone(), n.addr.to_string()))
                     .collect();
                 if ranges != want_ranges {
-                    wrong.push(differs("ipcache: other nodes' pod ranges", &want_ranges, &ranges));
+                    wrong.push(differs(
+                        "ipcache: other nodes' pod ranges",
+                        &want_ranges,
+                        &ranges,
+                    ));
                 }
                 let want_nodes: BTreeSet<(String, u64)> = remote
                     .iter()
                     .map(|n| (format!("{}/32", n.addr), 6))
                     .collect();
                 if nodes != want_nodes {
-                    wrong.push(differs("ipcache: other nodes' addresses", &want_nodes, &nodes));
+                    wrong.push(differs(
+                        "ipcache: other nodes' addresses",
+                        &want_nodes,
+                        &nodes,
+                    ));
                 }
             }
             Err(e) => wrong.push(format!("ipcache list: {e:#}")),
