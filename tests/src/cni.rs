@@ -157,3 +157,102 @@ pub fn lxc_name(container: &str, ifname: &str) -> String {
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("lxc{}", &hex[..12])
 }
+
+/// What a successful ADD gave a pod: its address and the node-side device.
+pub struct Attached {
+    pub ip: std::net::Ipv4Addr,
+    pub lxc: String,
+}
+
+/// Where the agent of sandbox `sb` serves the CNI API.
+pub fn agent_socket(sb: &crate::sandbox::Sandbox) -> std::path::PathBuf {
+    lash_api::socket_path(&sb.state_dir())
+}
+
+/// The plugin configuration a runtime hands lash-cni for sandbox `sb`'s
+/// agent (CNI 1.0.0).
+pub fn plugin_conf(sb: &crate::sandbox::Sandbox) -> Value {
+    serde_json::json!({"cniVersion": "1.0.0", "name": "lash", "type": "lash-cni",
+                       "agentSocket": agent_socket(sb)})
+}
+
+/// lash-cni COMMAND for container `id` whose namespace is `netns_name` (an
+/// `ip netns` name), run inside the sandbox's node namespace as a runtime on
+/// that node would; its result (Null when it prints none). Errors instead
+/// of panicking: cleanup calls it too.
+fn on_node(
+    sb: &crate::sandbox::Sandbox,
+    command: &str,
+    id: &str,
+    netns_name: &str,
+) -> anyhow::Result<Value> {
+    use anyhow::Context as _;
+    let plugin = bin("lash-cni");
+    let mut child = crate::netns::in_netns(&sb.node_ns, &plugin, None)?
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", crate::netns::netns_path(netns_name))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", plugin.display()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(plugin_conf(sb).to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!(
+            "lash-cni {command} {id}: {} {}\nagent log:\n{}",
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            sb.agent_log()
+        );
+    }
+    if stdout.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&stdout).with_context(|| format!("lash-cni {command}: {stdout:?}"))
+}
+
+/// lash-cni ADD of the pod namespace `netns_name` on sandbox `sb`'s node;
+/// checks the address it reports is the one the pod's eth0 got.
+pub fn add_on_node(
+    sb: &crate::sandbox::Sandbox,
+    id: &str,
+    netns_name: &str,
+) -> anyhow::Result<Attached> {
+    use anyhow::Context as _;
+    let r = on_node(sb, "ADD", id, netns_name)?;
+    let addr = r["ips"][0]["address"]
+        .as_str()
+        .with_context(|| format!("ADD result without an address: {r}"))?;
+    let ip = addr
+        .split('/')
+        .next()
+        .unwrap_or(addr)
+        .parse()
+        .with_context(|| format!("ADD result address {addr:?}"))?;
+    let lxc = r["interfaces"][0]["name"]
+        .as_str()
+        .with_context(|| format!("ADD result without the host interface: {r}"))?
+        .to_string();
+    let shown = crate::sandbox::ip(&["-n", netns_name, "-4", "-o", "addr", "show", "dev", "eth0"])?;
+    anyhow::ensure!(
+        shown.contains(addr),
+        "ADD said {addr}, {netns_name} has: {shown}"
+    );
+    Ok(Attached { ip, lxc })
+}
+
+/// lash-cni DEL of the pod namespace `netns_name` on sandbox `sb`'s node.
+pub fn del_on_node(sb: &crate::sandbox::Sandbox, id: &str, netns_name: &str) -> anyhow::Result<()> {
+    on_node(sb, "DEL", id, netns_name).map(drop)
+}

@@ -97,3 +97,29 @@ pub fn other_proxy_service(name: &str, vip: Ipv4Addr, proxy: &str) -> String {
         &format!("  namespace: default\n  labels:\n    service.kubernetes.io/service-proxy-name: {proxy}\n"),
     )
 }
+
+/// A Node as the API server would hold it, reduced to what lash reads: its
+/// name, pod range and InternalIP. File name by convention: `node-NAME.yaml`.
+pub fn node(name: &str, pod_cidr: &str, address: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+spec:
+  podCIDR: {pod_cidr}
+  podCIDRs: [{pod_cidr}]
+status:
+  addresses:
+  - type: InternalIP
+    address: {address}
+  - type: Hostname
+    address: {name}
+"
+    )
+}
+
+/// The file a Node's manifest is kept in.
+pub fn node_file(name: &str) -> String {
+    format!("node-{name}.yaml")
+}

@@ -287,28 +287,46 @@ impl Sandbox {
 
     /// The same, with the servers pinned to one CPU (benchmarks).
     pub fn start_pod_servers_on(&mut self, cpu: Option<usize>) -> anyhow::Result<()> {
-        for pod in &self.pods {
-            let mut cmd = Command::new(bin("lash-podserver"));
-            if let Some(cpu) = cpu {
-                cmd.args(["--cpu", &cpu.to_string()]);
-            }
-            let mut child = cmd
-                .args(["--netns", &pod.netns, "--name", &pod.name])
-                .args([
-                    "--tcp",
-                    &POD_TCP_PORT.to_string(),
-                    "--udp",
-                    &POD_UDP_PORT.to_string(),
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("starting {}", bin("lash-podserver").display()))?;
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-            self.servers.push(child);
-            if line.trim() != "ready" {
-                bail!("pod server in {} did not start", pod.name);
-            }
+        let pods: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .map(|p| (p.netns.clone(), p.name.clone()))
+            .collect();
+        for (netns, name) in pods {
+            self.start_server(&netns, &name, cpu)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a lash-podserver answering as `name` in namespace `netns` (TCP
+    /// on POD_TCP_PORT, UDP on POD_UDP_PORT) and waits until it listens; it
+    /// is ended with the sandbox.
+    pub fn start_server(
+        &mut self,
+        netns: &str,
+        name: &str,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin("lash-podserver"));
+        if let Some(cpu) = cpu {
+            cmd.args(["--cpu", &cpu.to_string()]);
+        }
+        let mut child = cmd
+            .args(["--netns", netns, "--name", name])
+            .args([
+                "--tcp",
+                &POD_TCP_PORT.to_string(),
+                "--udp",
+                &POD_UDP_PORT.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin("lash-podserver").display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        self.servers.push(child);
+        if line.trim() != "ready" {
+            bail!("pod server in {netns} did not start");
         }
         Ok(())
     }

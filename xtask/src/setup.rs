@@ -28,6 +28,10 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "qperf",
     "containernetworking-plugins",
+    // The multi-node tests (tests/tests/multi_node.rs): ping with
+    // don't-fragment across nodes, captures on the cluster's underlay.
+    "iputils-ping",
+    "tcpdump",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

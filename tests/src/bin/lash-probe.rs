@@ -2,9 +2,11 @@
 //! would, and prints one JSON line per attempt saying which backend answered,
 //! what getpeername()/recvfrom() reported, or which errno came back.
 //!
-//!   lash-probe [--cgroup DIR] [--netns NAME] MODE ADDR:PORT [--count N]
+//!   lash-probe [--cgroup DIR] [--netns NAME] MODE ADDR:PORT [--count N] [--size BYTES]
 //!   MODE: tcp | udp (one unconnected socket, sendto/recvfrom) |
 //!         udp-connected | hold (one TCP connection, a request per stdin line)
+//!   --size: the UDP modes send datagrams of this many bytes (default 4,
+//!   "ping"), the way a test sends a payload close to the path's MTU.
 //!
 //! Bench modes (one JSON line each):
 //!   bench-connect ADDR --count N        connect()+close N times: latency percentiles
@@ -34,6 +36,14 @@ use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What every UDP mode sends: "ping", padded to --size if given. Set once,
+/// before any datagram goes out.
+static PAYLOAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+fn payload() -> &'static [u8] {
+    PAYLOAD.get_or_init(|| b"ping".to_vec())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mut positional = Vec::new();
@@ -52,6 +62,11 @@ fn main() -> anyhow::Result<()> {
             "--millis" => millis = v.parse()?,
             "--backends" => wanted = v.split(',').map(str::to_string).collect(),
             "--cpu" => cpu = Some(v.parse()?),
+            "--size" => {
+                let mut p = b"ping".to_vec();
+                p.resize(v.parse::<usize>()?.max(p.len()), b'.');
+                let _ = PAYLOAD.set(p);
+            }
             other => {
                 positional.push(other.to_string());
                 i += 1;
@@ -147,7 +162,7 @@ fn udp_connected(local: &str, addr: SocketAddr) -> serde_json::Value {
         s.set_read_timeout(Some(TIMEOUT))?;
         s.connect(addr)?;
         let peer = s.peer_addr()?.to_string();
-        s.send(b"ping")?;
+        s.send(payload())?;
         let mut buf = [0u8; 512];
         let n = s.recv(&mut buf)?;
         Ok(json!({"ok": true, "backend": String::from_utf8_lossy(&buf[..n]), "peer": peer}))
@@ -319,7 +334,7 @@ fn udp6_unconnected(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
 fn udp_round_trip(s: &UdpSocket, addr: SocketAddr) -> serde_json::Value {
     let start = Instant::now();
     let r = (|| -> std::io::Result<serde_json::Value> {
-        s.send_to(b"ping", addr)?;
+        s.send_to(payload(), addr)?;
         let mut buf = [0u8; 512];
         let (n, from) = s.recv_from(&mut buf)?;
         Ok(

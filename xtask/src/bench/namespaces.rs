@@ -2,21 +2,15 @@
 //! `lash-bench-*-PID-*`), the processes they start inside them, and their
 //! removal: on drop, so also on an error or an interrupt half-way.
 
-use std::{
-    fs::File,
-    os::{fd::AsRawFd, unix::process::CommandExt as _},
-    path::{Path, PathBuf},
-    process::{Child, Command},
-};
+use std::process::{Child, Command};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 
 use super::probe::run_ok;
 
-/// Where `ip netns add` puts its namespace files.
-pub fn netns_path(name: &str) -> PathBuf {
-    Path::new("/var/run/netns").join(name)
-}
+/// Where namespaces live and how a child is started in one: shared with
+/// the test support (the multi-node cluster attaches pods the same way).
+pub use lash_tests::netns::{in_netns, netns_path};
 
 /// Runs `ip ARGS`.
 pub fn ip(args: &[&str]) -> anyhow::Result<String> {
@@ -26,40 +20,6 @@ pub fn ip(args: &[&str]) -> anyhow::Result<String> {
 /// `sysctl -qw SETTING` inside namespace `ns`.
 pub fn sysctl(ns: &str, setting: &str) -> anyhow::Result<()> {
     run_ok(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", setting])).map(drop)
-}
-
-/// `program` to be run inside namespace `ns` (and on one CPU if given).
-///
-/// The child enters the namespace itself between fork and exec, as a
-/// container runtime does, rather than through `ip netns exec`: that adds an
-/// exec and remounts /sys, which would count in the CNI latencies, and the
-/// child keeps the pid we spawned (so we end it by that pid).
-pub fn in_netns(
-    ns: &str,
-    program: impl AsRef<std::ffi::OsStr>,
-    cpu: Option<usize>,
-) -> anyhow::Result<Command> {
-    let f = File::open(netns_path(ns)).with_context(|| format!("opening netns {ns}"))?;
-    let mut cmd = Command::new(program);
-    // SAFETY: between fork and exec only setns and sched_setaffinity are
-    // called (plain system calls, async-signal-safe) on memory the closure
-    // owns; the namespace file stays open in the closure until exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(cpu) = cpu {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu, &mut set);
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    Ok(cmd)
 }
 
 /// Namespaces and server processes of one bench arm; dropping it ends the
