@@ -55,8 +55,8 @@ pub const TUNNEL_DEVICE: &str = "lash_vxlan";
 /// The bridge in the underlay namespace every node's veth is a port of.
 const BRIDGE: &str = "br0";
 /// The routing protocol the agent's kernel routes carry (`ip route ...
-/// proto`): 0xb1, known to `ip` only by number.
-pub const ROUTE_PROTO: &str = "177";
+/// proto`): 199, known to `ip` only by number.
+pub const ROUTE_PROTO: &str = "199";
 
 /// Node `i`'s underlay address at first.
 pub fn node_address(i: usize) -> Ipv4Addr {
