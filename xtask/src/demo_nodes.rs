@@ -81,12 +81,12 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
 
     section("step 2-3: the client reaches the server");
     let target = format!("{}:{POD_TCP_PORT}", server.ip);
-    let answers = cluster.probe(&client, "http", &target, &["--count", "3"])?;
+    let answers = cluster.probe(&client, "tcp", &target, &["--count", "3"])?;
     for a in &answers {
         println!("  {a}");
     }
     ensure!(
-        answers.iter().all(|a| a["server"] == "httpbin"),
+        answers.iter().all(|a| a["backend"] == "httpbin"),
         "not every request reached httpbin: {answers:?}"
     );
     check()?;
@@ -131,15 +131,22 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
     check()?;
 
     section("step 3.5-3.7: the program on the lxc (the pod's egress is the lxc's ingress)");
-    show(
-        &format!("bpftool net show dev {}        # on node-1", client.lxc),
-        &mut in_ns(
-            &cluster.node(0).sb.node_ns,
-            "bpftool",
-            &["net", "show", "dev", &client.lxc],
-        ),
-    )?;
     agent(&cluster, 0, &["endpoint", "list"])?;
+    let eps: serde_json::Value =
+        serde_json::from_str(&cluster.node(0).sb.agent_cli(&["endpoint", "list", "-o", "json"])?)?;
+    let programs = eps
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["host_ifname"] == client.lxc.as_str()))
+        .map(|e| e["programs"].clone())
+        .unwrap_or_default();
+    println!(
+        "-> the tcx programs the kernel has on {} (agent endpoint list -o json): {programs}",
+        client.lxc
+    );
+    ensure!(
+        programs.to_string().contains("ingress:from_container"),
+        "from_container is not on the lxc's ingress"
+    );
     check()?;
 
     section("step 3.8: where the tunnel goes: the ipcache entry and the tunnel map");
@@ -162,7 +169,7 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
 
     section("the packets on the underlay, while curl asks httpbin");
     let (r, frames) = cluster.capture("udp port 8472", || {
-        cluster.probe(&client, "http", &target, &["--count", "1"])
+        cluster.probe(&client, "tcp", &target, &["--count", "1"])
     })?;
     r?;
     let identity = cluster.identity(&client)?;
@@ -202,14 +209,12 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
             &["link", "show", &server.lxc],
         ),
     )?;
-    show(
-        "bpftool net show dev lash_vxlan        # on node-2: from_overlay delivers into the pod",
-        &mut in_ns(
-            &cluster.node(1).sb.node_ns,
-            "bpftool",
-            &["net", "show", "dev", "lash_vxlan"],
-        ),
-    )?;
+    let nodes2 = agent(&cluster, 1, &["node", "list"])?;
+    ensure!(
+        nodes2.contains("ingress:from_overlay"),
+        "from_overlay is not on node-2's lash_vxlan"
+    );
+    println!("-> lash_vxlan's ingress program (from_overlay) delivers into the pod with bpf_redirect_peer");
     agent(&cluster, 1, &["bpf", "metrics", "list"])?;
     check()?;
 
@@ -233,11 +238,11 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
     });
     ensure!(programmed.is_some(), "the Service was not programmed on every node");
     agent(&cluster, 0, &["service", "list"])?;
-    let answers = cluster.probe(&client, "http", &format!("{vip}:80"), &["--count", "30"])?;
+    let answers = cluster.probe(&client, "tcp", &format!("{vip}:80"), &["--count", "30"])?;
     let mut counts = std::collections::BTreeMap::new();
     for a in &answers {
         *counts
-            .entry(a["server"].as_str().unwrap_or("?").to_string())
+            .entry(a["backend"].as_str().unwrap_or("?").to_string())
             .or_insert(0) += 1;
     }
     println!("30 requests from curl (per-packet translation on node-1's lxc): {counts:?}");

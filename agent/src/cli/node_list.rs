@@ -10,14 +10,19 @@ fn dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-pub fn table(f: &NodesFile) -> String {
+/// `tunnel_programs`: what the kernel has attached to lash_vxlan now (tunnel
+/// routing), as `hook:program`.
+pub fn table(f: &NodesFile, tunnel_programs: Option<&[String]>) -> String {
     let mut out = String::new();
     let routing = f.routing.map_or("-", |r| r.as_str());
     let mtu = f
         .tunnel_mtu
         .map(|m| format!(", tunnel MTU {m}"))
         .unwrap_or_default();
-    let _ = writeln!(out, "Routing: {routing}{mtu}");
+    let programs = tunnel_programs
+        .map(|p| format!(", lash_vxlan programs: {}", p.join(" ")))
+        .unwrap_or_default();
+    let _ = writeln!(out, "Routing: {routing}{mtu}{programs}");
     let _ = writeln!(
         out,
         "{:<20} {:<16} {:<19} REACHABLE",
