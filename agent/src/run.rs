@@ -2,7 +2,7 @@
 //! owner and the sources, and wait for a signal.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -36,6 +36,9 @@ use crate::{
 
 /// How long calls in flight on the CNI API may take to finish at shutdown.
 const API_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the node's own addresses are re-read for the host entries.
+const HOST_ADDRESS_POLL: Duration = Duration::from_secs(2);
 
 /// Where Services and EndpointSlices come from.
 pub enum SourceChoice {
@@ -136,7 +139,7 @@ async fn start_endpoints(
     ebpf: aya::Ebpf,
     cfg: &RunConfig,
     pod_cidr: Option<Ipv4Cidr>,
-) -> anyhow::Result<Arc<Mutex<Manager>>> {
+) -> anyhow::Result<(Arc<Mutex<Manager>>, Vec<Ipv4Addr>)> {
     let mut manager = Manager::open(ebpf, &cfg.bpf_root, &cfg.state_dir, pod_cidr)?;
     if let Some(cidr) = pod_cidr {
         node::ensure_host_device(cidr.gateway()).await?;
@@ -146,17 +149,61 @@ async fn start_endpoints(
     let restored = tokio::task::spawn_blocking(move || {
         manager.set_host_addresses(&addresses)?;
         let restored = manager.restore()?;
-        Ok::<_, anyhow::Error>((manager, restored))
+        Ok::<_, anyhow::Error>((manager, restored, addresses))
     })
     .await??;
-    let (manager, restored) = restored;
+    let (manager, restored, addresses) = restored;
     info!(
         taken_over = restored.taken_over,
         gone = restored.gone.len(),
         swept = restored.swept,
         "endpoints restored"
     );
-    Ok(Arc::new(Mutex::new(manager)))
+    Ok((Arc::new(Mutex::new(manager)), addresses))
+}
+
+/// Every `interval`, re-reads the node's own IPv4 addresses and, when they
+/// changed, makes them the host entries of `lxc` and `ipcache`: an address
+/// moved by the operator (or DHCP) stops being "host" to the programs and
+/// the new one starts, without a restart. Polling rather than address
+/// events keeps one code path for start and change; a few seconds of an old
+/// host entry only changes which identity a packet from it is given.
+async fn follow_host_addresses(
+    endpoints: Arc<Mutex<Manager>>,
+    mut known: Vec<Ipv4Addr>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = match node::ipv4_addresses().await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("reading the node's addresses: {e}");
+                continue;
+            }
+        };
+        if now == known {
+            continue;
+        }
+        let (endpoints, addresses) = (endpoints.clone(), now.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            endpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_host_addresses(&addresses)
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {
+                info!(was = ?known, now = ?now, "the node's addresses changed; host entries follow");
+                known = now;
+            }
+            Ok(Err(e)) => warn!("updating host entries: {e}"),
+            Err(e) => warn!("host address task: {e}"),
+        }
+    }
 }
 
 /// Every `interval`, deletes the conntrack entries whose lifetime has ended
@@ -305,7 +352,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     loader::attach_sock_programs(&mut ebpf, &cfg.bpf_root, &cfg.cgroup)?;
     info!(bpf_root = %cfg.bpf_root.display(), cgroup = %cfg.cgroup.display(), "socket programs attached");
     attach_overlay(&mut ebpf, &cfg.bpf_root, tunnel_ifindex.is_some())?;
-    let endpoints = start_endpoints(ebpf, &cfg, pod_cidr).await?;
+    let (endpoints, host_addresses) = start_endpoints(ebpf, &cfg, pod_cidr).await?;
 
     let programmed = Programmed::from_entries(
         maps.services_entries()?,
@@ -408,6 +455,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let api_task = tokio::spawn(async move { cni_api::serve(api, &socket, api_stop_rx).await });
 
     let ct_gc = tokio::spawn(sweep_conntrack(cfg.bpf_root.clone(), cfg.ct_gc_interval));
+    let host_follow = tokio::spawn(follow_host_addresses(
+        endpoints.clone(),
+        host_addresses,
+        HOST_ADDRESS_POLL,
+    ));
 
     // After the host device is up, so its gateway address is one of them.
     // Read once: an address added later needs a restart to open node ports.
@@ -495,6 +547,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let _ = source.await;
     }
     ct_gc.abort();
+    host_follow.abort();
     mesh_task.abort();
     for l in listeners {
         l.abort();
