@@ -159,7 +159,8 @@ pub fn refresh(e: *mut CtEntry, p: &Packet, dir: Dir, now: u32) {
     account(unsafe { &mut *e }, p, dir, now);
 }
 
-/// Creates the entry keyed `key` for packet `p`, its first.
+/// Creates the entry keyed `key` for packet `p`, its first, with `flags`
+/// set from the start (CT_F_LB_LOOPBACK).
 #[inline(always)]
 pub fn create(
     key: &Ipv4CtTuple,
@@ -167,12 +168,14 @@ pub fn create(
     rev_nat_index: u16,
     backend_id: u32,
     src_sec_id: u32,
+    flags: u16,
     now: u32,
 ) -> Result<(), i32> {
     let mut e = CtEntry {
         backend_id: u64::from(backend_id),
         rev_nat_index,
         src_sec_id,
+        flags,
         ..CtEntry::default()
     };
     account(&mut e, p, Dir::Forward, now);

@@ -4,7 +4,9 @@
 //! (counted as EGRESS, the pod's point of view, as Cilium does):
 //! 1. ARP goes to the responder, IPv4 on, anything else is dropped;
 //! 2. the source address must be the pod's own, behind this very lxc;
-//! 3. a service frontend socket LB did not translate is translated here;
+//! 3. a service frontend socket LB did not translate is translated here; a
+//!    pod that reached itself (hairpin) is given the loopback address
+//!    169.254.42.1 as source, and its replies are sent back to it;
 //! 4. conntrack: a reply to a translated flow gets the frontend back as its
 //!    source; any other packet creates or refreshes its flow's entry;
 //! 5. a destination that is a pod on this node is delivered straight into
@@ -25,7 +27,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lash_common::{
-    ct::TUPLE_F_OUT,
+    ct::{CT_F_LB_LOOPBACK, LB_LOOPBACK_V4, TUPLE_F_OUT},
     endpoint::{mac_from_u64, EndpointInfo, EndpointKey, ENDPOINT_F_HOST},
     tunnel::{ROUTING_NATIVE, ROUTING_TUNNEL},
     metrics::{
@@ -38,7 +40,7 @@ use crate::{
     arp, config,
     conntrack::{self, Ct, Dir},
     fib, ipcache,
-    ipv4::{self, Packet, ETH_P_IP},
+    ipv4::{self, End, Packet, ETH_P_IP},
     maps::LXC,
     metrics, nat, tunnel,
 };
@@ -80,25 +82,40 @@ fn try_from_container(ctx: &TcContext, proto: u16) -> Result<i32, i32> {
     // lookup, and the lookup of its endpoint is made once, here.
     let mut dst = local_pod(p.daddr);
     let mut rev_nat_index = 0;
+    let mut hairpin = false;
     if dst.is_none() {
         rev_nat_index = nat::xlate_to_backend(ctx, &mut p, now)?;
         if rev_nat_index != 0 {
             dst = local_pod(p.daddr);
+            // The pod reached itself through a service: it would drop a
+            // packet from its own address as a martian, so the flow comes
+            // from the loopback address instead (its replies come back here).
+            hairpin = p.daddr == p.saddr;
+            if hairpin {
+                ipv4::set_addr(ctx, &mut p, End::Source, LB_LOOPBACK_V4)?;
+            }
         }
     }
     match conntrack::lookup(&p, true) {
         Ct::Reply(e) => {
             conntrack::refresh(e, &p, Dir::Reply, now);
             // SAFETY: a pointer into the map's value, from this lookup.
-            let index = unsafe { (*e).rev_nat_index };
+            let (index, flags) = unsafe { ((*e).rev_nat_index, (*e).flags) };
             if index != 0 {
+                // The reply of a hairpin flow goes back to its sender.
+                let sender = p.saddr;
                 nat::xlate_to_frontend(ctx, &mut p, index)?;
+                if flags & CT_F_LB_LOOPBACK != 0 && p.daddr == LB_LOOPBACK_V4 {
+                    ipv4::set_addr(ctx, &mut p, End::Destination, sender)?;
+                    dst = Some(src);
+                }
             }
         }
         Ct::Established(e) => conntrack::refresh(e, &p, Dir::Forward, now),
         Ct::New => {
             let key = conntrack::tuple(&p, TUPLE_F_OUT);
-            conntrack::create(&key, &p, rev_nat_index, 0, src.sec_id, now)?;
+            let flags = if hairpin { CT_F_LB_LOOPBACK } else { 0 };
+            conntrack::create(&key, &p, rev_nat_index, 0, src.sec_id, flags, now)?;
         }
     }
 

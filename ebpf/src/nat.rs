@@ -66,7 +66,7 @@ pub fn xlate_to_backend(
         }
         None => {
             let (id, be) = pick(p, &frontend, &svc)?;
-            conntrack::create(&key, p, svc.rev_nat_index, id, 0, now)?;
+            conntrack::create(&key, p, svc.rev_nat_index, id, 0, 0, now)?;
             be
         }
     };
