@@ -44,7 +44,8 @@ enum Cmd {
         nodes: Option<usize>,
     },
     /// lash vs kube-proxy's iptables and nftables rules vs no translation,
-    /// then pod networking, CNI latency and from-container per packet.
+    /// then pod networking (on a node and across nodes), CNI latency and
+    /// from-container per packet.
     Bench {
         /// 0 and 1000 services, fewer samples: a smoke test under 3 minutes.
         #[arg(long)]
@@ -53,7 +54,9 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<u32>,
         /// Only these arms: baseline, iptables, nftables, lash (socket LB);
-        /// pod-veth, pod-calico, pod-lash (pod to pod); cni-bridge, cni-lash
+        /// pod-veth, pod-calico, pod-lash (pod to pod); xnode-flannel,
+        /// xnode-routes, xnode-lash-tunnel, xnode-lash-native (pod to pod
+        /// across two nodes); cni-bridge, cni-lash
         /// (CNI ADD/DEL); clusterip-iptables, clusterip-lash (packet-path
         /// ClusterIP); per-packet (from-container test runs); k8s-watch (the
         /// agent on the Kubernetes API: initial sync, event to datapath, RSS).

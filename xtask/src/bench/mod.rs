@@ -22,6 +22,7 @@
 
 mod clusterip;
 mod cni_latency;
+mod cross_node;
 mod floor;
 mod kube_proxy;
 mod kube_watch;
@@ -94,6 +95,7 @@ pub struct Results {
     controlplane: Vec<Value>,
     lash: Vec<Value>,
     pod_net: Vec<Value>,
+    cross_node: Vec<Value>,
     cni: Vec<Value>,
     packet: Vec<Value>,
     clusterip: Vec<Value>,
@@ -120,6 +122,7 @@ fn check_interrupt() -> anyhow::Result<()> {
 fn all_arm_names() -> Vec<&'static str> {
     let mut names: Vec<&str> = ARMS.iter().map(|a| a.name()).collect();
     names.extend(pod_net::ARMS);
+    names.extend(cross_node::ARMS);
     names.extend(cni_latency::ARMS);
     names.extend(clusterip::ARMS);
     names.extend(packet::ARMS);
@@ -237,6 +240,14 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         eprintln!("bench: pod to pod");
         results.pod_net = pod_net::run(&pod_plan, &pod_arms)?;
     }
+    let xnode_arms: Vec<&'static str> = cross_node::ARMS
+        .into_iter()
+        .filter(|a| chosen.contains(a))
+        .collect();
+    if !xnode_arms.is_empty() {
+        eprintln!("bench: pod to pod across nodes");
+        results.cross_node = cross_node::run(&pod_plan, &xnode_arms)?;
+    }
     let cni_plan = if quick {
         cni_latency::Plan {
             sequential: 20,
@@ -282,6 +293,10 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         ),
         "pod_net_method": format!(
             "each arm in namespaces of its own; {} rounds, each arm once per round in rotating order; per sample one iperf3 TCP stream for {} s from pod 1 (CPU {CLIENT_CPU}) to pod 2 (servers on CPU {SERVER_CPU}), then qperf tcp_lat for {} s from pod 1 on CPU {CLIENT_CPU} and again on CPU {SERVER_CPU}; medians over samples",
+            pod_plan.rounds, pod_plan.iperf_secs, pod_plan.lat_secs
+        ),
+        "cross_node_method": format!(
+            "two nodes (namespaces) on an underlay bridge, a pod on each; the kernel baselines built by hand as flannel (VXLAN backend, cni0 bridge) and Calico without encapsulation (routes via the other node) program them, lash as a two-node cluster with an agent per node; {} rounds, each arm once per round in rotating order; per sample one iperf3 TCP stream for {} s from the pod on node 1 (CPU {CLIENT_CPU}) to the pod on node 2 (servers on CPU {SERVER_CPU}), then qperf tcp_lat for {} s from node 1's pod on CPU {CLIENT_CPU} and again on CPU {SERVER_CPU}; medians over samples",
             pod_plan.rounds, pod_plan.iperf_secs, pod_plan.lat_secs
         ),
         "cni_method": format!(

@@ -38,10 +38,10 @@ const IPERF_PORT: u16 = 5201;
 /// qperf's control port (its default).
 const QPERF_PORT: u16 = 19765;
 /// The node-side MAC every Calico workload interface has.
-const CALICO_MAC: &str = "ee:ee:ee:ee:ee:ee";
+pub(super) const CALICO_MAC: &str = "ee:ee:ee:ee:ee:ee";
 /// The pods' gateway in Calico's scheme: no interface holds it; the node
 /// answers ARP for it by proxy.
-const CALICO_GW: &str = "169.254.1.1";
+pub(super) const CALICO_GW: &str = "169.254.1.1";
 
 /// A row's figures, in the order of `Pods::samples`.
 const METRICS: [&str; 3] = ["gbit_s", "lat_us", "lat_one_cpu_us"];
@@ -56,19 +56,60 @@ pub struct Plan {
 const LASH_CIDR: &str = "10.244.3.0/24";
 
 /// Two wired pods with the servers running in pod 2.
-struct Pods {
-    arm: &'static str,
+pub(super) struct Pods {
+    pub arm: &'static str,
     /// pod-lash: the node with the agent, and the pods' container ids with
     /// their namespaces (for the DELs).
-    lash: Option<(Sandbox, Vec<(String, String)>)>,
-    ns: Namespaces,
-    client: String,
-    server_ip: Ipv4Addr,
+    pub lash: Option<(Sandbox, Vec<(String, String)>)>,
+    /// The namespaces the arm made and the servers it started: dropped
+    /// (servers ended) before the cluster below.
+    pub ns: Namespaces,
+    /// The cross-node lash arms: the simulated cluster the pods are on
+    /// (its drop DELs them and removes the nodes).
+    pub cluster: Option<lash_tests::cluster::Cluster>,
+    /// The namespace the clients run in (pod 1's).
+    pub client: String,
+    /// The namespace the servers run in (pod 2's).
+    pub server: String,
+    pub server_ip: Ipv4Addr,
     /// Per round: Gbit/s, tcp_lat µs across CPUs, tcp_lat µs on one CPU.
-    samples: Vec<[f64; 3]>,
+    pub samples: Vec<[f64; 3]>,
 }
 
+impl Pods {
+    /// Pod 1 and pod 2 as wired in `ns`, the servers to be started in pod 2.
+    pub fn new(arm: &'static str, ns: Namespaces, client: String, server: String, server_ip: Ipv4Addr) -> Self {
+        Pods {
+            arm,
+            lash: None,
+            ns,
+            cluster: None,
+            client,
+            server,
+            server_ip,
+            samples: Vec::new(),
+        }
+    }
+}
+
+/// For a row's arm, the arms it is compared with and the tag of each ratio
+/// (`{metric}_vs_{tag}`).
+pub(super) type References = fn(&str) -> Vec<(&'static str, &'static str)>;
+
 pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
+    measure(plan, arms, build, |_| {
+        vec![("pod-calico", "calico"), ("pod-veth", "veth")]
+    })
+}
+
+/// Builds every arm with `build`, measures them in turns and returns a row
+/// per arm with medians, ranges and ratios to its `references`.
+pub(super) fn measure(
+    plan: &Plan,
+    arms: &[&'static str],
+    build: fn(&'static str) -> anyhow::Result<Pods>,
+    references: References,
+) -> anyhow::Result<Vec<Value>> {
     let mut rows = Vec::new();
     let mut ready: Vec<Pods> = Vec::new();
     for &arm in arms {
@@ -139,7 +180,8 @@ pub fn run(plan: &Plan, arms: &[&'static str]) -> anyhow::Result<Vec<Value>> {
     };
     let refs: Vec<Value> = rows.clone();
     for row in rows.iter_mut() {
-        for (reference, tag) in [("pod-calico", "calico"), ("pod-veth", "veth")] {
+        let arm = row["arm"].as_str().unwrap_or("").to_string();
+        for (reference, tag) in references(&arm) {
             for key in METRICS {
                 if let (Some(x), Some(r)) = (row[key].as_f64(), value(&refs, reference, key)) {
                     row[format!("{key}_vs_{tag}")] = json!(x / r);
@@ -170,14 +212,11 @@ fn build(arm: &'static str) -> anyhow::Result<Pods> {
         }
         _ => unreachable!("not a pod arm: {arm}"),
     };
-    Ok(Pods {
-        arm,
-        lash,
-        ns,
-        client: made.0,
-        server_ip: made.1,
-        samples: Vec::new(),
-    })
+    // Pod 2 is always the last namespace made.
+    let server = ns.names().last().expect("pod 2 made last").clone();
+    let mut pods = Pods::new(arm, ns, made.0, server, made.1);
+    pods.lash = lash;
+    Ok(pods)
 }
 
 /// The floor: pod 1 and pod 2 on the two ends of one veth pair.
@@ -198,69 +237,73 @@ fn veth(ns: &mut Namespaces) -> anyhow::Result<(String, Ipv4Addr)> {
 /// Calico-shaped kernel routing through a node namespace.
 fn calico(ns: &mut Namespaces) -> anyhow::Result<(String, Ipv4Addr)> {
     let node = ns.add("node")?;
-    sysctl(&node, "net.ipv4.ip_forward=1")?;
+    calico_node(&node)?;
+    let mut addrs = Vec::new();
+    for i in 1..=2u8 {
+        let pod = ns.add(&format!("p{i}"))?;
+        let addr = Ipv4Addr::new(10, 244, 1, 10 + i);
+        calico_workload(&node, &pod, &format!("cali{i}"), addr)?;
+        addrs.push((pod, addr));
+    }
+    Ok((addrs[0].0.clone(), addrs[1].1))
+}
+
+/// A node as Calico sets it up for its workloads: forwarding on, and
+/// 169.254.1.1 routed somewhere other than the workloads' interfaces.
+pub(super) fn calico_node(node: &str) -> anyhow::Result<()> {
+    sysctl(node, "net.ipv4.ip_forward=1")?;
     // Proxy ARP answers for an address routed out of another interface than
     // the one asking: on a Calico node that is the default route out of the
-    // uplink; this node has no uplink, so 169.254.1.1 is routed on lo.
+    // uplink; this node has none to spare, so 169.254.1.1 is routed on lo.
     ip(&[
         "-n",
-        &node,
+        node,
         "route",
         "add",
         &format!("{CALICO_GW}/32"),
         "dev",
         "lo",
+    ])
+    .map(drop)
+}
+
+/// Pod namespace `pod` wired to `node` as a Calico workload: a veth whose
+/// node end `cali` has MAC ee:ee:ee:ee:ee:ee and proxy ARP, a /32 route to
+/// the pod on the node, the pod's default route via 169.254.1.1.
+pub(super) fn calico_workload(node: &str, pod: &str, cali: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+    ip(&[
+        "-n", node, "link", "add", cali, "address", CALICO_MAC, "type", "veth", "peer", "name",
+        "eth0", "netns", pod,
     ])?;
-    let mut addrs = Vec::new();
-    for i in 1..=2u8 {
-        let pod = ns.add(&format!("p{i}"))?;
-        let addr = Ipv4Addr::new(10, 244, 1, 10 + i);
-        let cali = format!("cali{i}");
-        ip(&[
-            "-n", &node, "link", "add", &cali, "address", CALICO_MAC, "type", "veth", "peer",
-            "name", "eth0", "netns", &pod,
-        ])?;
-        sysctl(&node, &format!("net.ipv4.conf.{cali}.proxy_arp=1"))?;
-        // As Calico sets it: the kernel otherwise delays proxy ARP replies
-        // by up to 0.8 s.
-        sysctl(&node, &format!("net.ipv4.neigh.{cali}.proxy_delay=0"))?;
-        ip(&["-n", &node, "link", "set", &cali, "up"])?;
-        ip(&[
-            "-n",
-            &node,
-            "route",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            &cali,
-            "scope",
-            "link",
-        ])?;
-        ip(&[
-            "-n",
-            &pod,
-            "addr",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n", &pod, "route", "add", CALICO_GW, "dev", "eth0", "scope", "link",
-        ])?;
-        ip(&[
-            "-n", &pod, "route", "add", "default", "via", CALICO_GW, "dev", "eth0",
-        ])?;
-        addrs.push((pod, addr));
-    }
-    Ok((addrs[0].0.clone(), addrs[1].1))
+    sysctl(node, &format!("net.ipv4.conf.{cali}.proxy_arp=1"))?;
+    // As Calico sets it: the kernel otherwise delays proxy ARP replies by up
+    // to 0.8 s.
+    sysctl(node, &format!("net.ipv4.neigh.{cali}.proxy_delay=0"))?;
+    ip(&["-n", node, "link", "set", cali, "up"])?;
+    ip(&[
+        "-n",
+        node,
+        "route",
+        "add",
+        &format!("{addr}/32"),
+        "dev",
+        cali,
+        "scope",
+        "link",
+    ])?;
+    ip(&["-n", pod, "addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
+    ip(&["-n", pod, "link", "set", "eth0", "up"])?;
+    ip(&["-n", pod, "route", "add", CALICO_GW, "dev", "eth0", "scope", "link"])?;
+    ip(&["-n", pod, "route", "add", "default", "via", CALICO_GW, "dev", "eth0"]).map(drop)
 }
 
 /// After traffic has flowed, the arm is what it says: in the Calico-shaped
 /// arm pod 1 reached its gateway through a neighbour entry with the node's
 /// ee:ee:ee:ee:ee:ee (proxy ARP answered), in the veth arm pod 2 directly.
 fn check_shape(pods: &Pods) -> anyhow::Result<()> {
+    if pods.arm.starts_with("xnode-") {
+        return super::cross_node::check_shape(pods);
+    }
     let neigh = ip(&["-n", &pods.client, "neigh", "show", "dev", "eth0"])?;
     let want = match pods.arm {
         "pod-calico" => format!("{CALICO_GW} lladdr {CALICO_MAC}"),
@@ -313,7 +356,7 @@ fn lash_teardown(sb: &Sandbox, added: &[(String, String)]) -> anyhow::Result<()>
 
 /// Starts iperf3 and qperf servers in pod 2 (pinned to the server CPU).
 fn start_servers(mut pods: Pods) -> anyhow::Result<Pods> {
-    let server_ns = pods.ns.names().last().expect("pod 2 made last").clone();
+    let server_ns = pods.server.clone();
     let bind = pods.server_ip.to_string();
     for (program, args, port) in [
         (

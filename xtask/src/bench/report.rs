@@ -85,7 +85,7 @@ fn markdown(r: &Results, head: &Value) -> String {
         head["tools"]["iptables_backend"].as_str().unwrap_or(""),
         head["tools"]["nft"].as_str().unwrap_or("")
     );
-    if !r.pod_net.is_empty() || !r.cni.is_empty() {
+    if !r.pod_net.is_empty() || !r.cross_node.is_empty() || !r.cni.is_empty() {
         let _ = writeln!(
             md,
             "Pod tools: {}; {}; {}",
@@ -102,6 +102,9 @@ fn markdown(r: &Results, head: &Value) -> String {
     }
     if !r.pod_net.is_empty() {
         pod_net(&mut md, r, head);
+    }
+    if !r.cross_node.is_empty() {
+        cross_node(&mut md, r, head);
     }
     if !r.cni.is_empty() {
         cni(&mut md, r, head);
@@ -380,6 +383,63 @@ fn pod_net(md: &mut String, r: &Results, head: &Value) {
     }
 }
 
+fn cross_node(md: &mut String, r: &Results, head: &Value) {
+    let _ = writeln!(
+        md,
+        "\nPod to pod across nodes: {}\n",
+        head["cross_node_method"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "| arm | samples | Gbit/s (median) | min–max | vs matching kernel | vs routes | tcp_lat µs, 2 CPUs | min–max | vs matching kernel | vs routes | tcp_lat µs, one CPU | min–max | vs matching kernel | vs routes |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in &r.cross_node {
+        let arm = row["arm"].as_str().unwrap_or("");
+        if let Some(why) = not_measured(row) {
+            let _ = writeln!(md, "| {arm} | {why} |{}", " |".repeat(12));
+            continue;
+        }
+        let _ = write!(md, "| {arm} | {} |", row["samples"]);
+        for (key, digits) in [("gbit_s", 2), ("lat_us", 1), ("lat_one_cpu_us", 1)] {
+            let _ = write!(
+                md,
+                " {} | {}–{} | {} | {} |",
+                num(&row[key], digits),
+                num(&row[format!("{key}_min")], digits),
+                num(&row[format!("{key}_max")], digits),
+                ratio(&row[format!("{key}_vs_kernel")]),
+                ratio(&row[format!("{key}_vs_routes")]),
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(
+        md,
+        "\nGoals (issue 9), each lash arm against the kernel baseline carrying traffic its way (xnode-lash-tunnel against xnode-flannel, xnode-lash-native against xnode-routes): throughput at least 1.1×, latency at most 0.8×.\n"
+    );
+    for (arm, baseline) in [
+        ("xnode-lash-tunnel", "xnode-flannel"),
+        ("xnode-lash-native", "xnode-routes"),
+    ] {
+        let row = find(&r.cross_node, arm, None);
+        let vs = |key: &str| row.and_then(|l| l[format!("{key}_vs_kernel")].as_f64());
+        let _ = writeln!(
+            md,
+            "- {arm} against {baseline}: throughput {} ({}), latency 2 CPUs {} ({}), one CPU {} ({})",
+            ratio(&json!(vs("gbit_s"))),
+            mark(vs("gbit_s").map(|x| x >= 1.1)),
+            ratio(&json!(vs("lat_us"))),
+            mark(vs("lat_us").map(|x| x <= 0.8)),
+            ratio(&json!(vs("lat_one_cpu_us"))),
+            mark(vs("lat_one_cpu_us").map(|x| x <= 0.8)),
+        );
+    }
+}
+
 fn cni(md: &mut String, r: &Results, head: &Value) {
     let _ = writeln!(
         md,
@@ -439,6 +499,7 @@ pub fn write(r: &Results, head: Value, name: &str) -> anyhow::Result<()> {
     json["controlplane"] = json!(r.controlplane);
     json["lash"] = json!(r.lash);
     json["pod_net"] = json!(r.pod_net);
+    json["cross_node"] = json!(r.cross_node);
     json["cni"] = json!(r.cni);
     json["packet"] = json!(r.packet);
     json["clusterip"] = json!(r.clusterip);
