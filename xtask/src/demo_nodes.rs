@@ -40,7 +40,11 @@ fn in_ns(ns: &str, program: &str, args: &[&str]) -> Command {
 }
 
 fn agent(cluster: &Cluster, i: usize, args: &[&str]) -> anyhow::Result<String> {
-    println!("$ agent {}        # on {}", args.join(" "), cluster.node(i).name);
+    println!(
+        "$ agent {}        # on {}",
+        args.join(" "),
+        cluster.node(i).name
+    );
     let out = cluster.node(i).sb.agent_cli(args)?;
     print!("{out}");
     Ok(out)
@@ -94,7 +98,11 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
     section("step 3.1: the route in the pod: everything goes to the gateway");
     show(
         &format!("ip route get {}        # in curl", server.ip),
-        &mut in_ns(&client.netns, "ip", &["route", "get", &server.ip.to_string()]),
+        &mut in_ns(
+            &client.netns,
+            "ip",
+            &["route", "get", &server.ip.to_string()],
+        ),
     )?;
 
     section("step 3.2-3.4: who answers for the gateway: the lxc (ARP responder)");
@@ -132,8 +140,12 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
 
     section("step 3.5-3.7: the program on the lxc (the pod's egress is the lxc's ingress)");
     agent(&cluster, 0, &["endpoint", "list"])?;
-    let eps: serde_json::Value =
-        serde_json::from_str(&cluster.node(0).sb.agent_cli(&["endpoint", "list", "-o", "json"])?)?;
+    let eps: serde_json::Value = serde_json::from_str(
+        &cluster
+            .node(0)
+            .sb
+            .agent_cli(&["endpoint", "list", "-o", "json"])?,
+    )?;
     let programs = eps
         .as_array()
         .and_then(|a| a.iter().find(|e| e["host_ifname"] == client.lxc.as_str()))
@@ -150,7 +162,11 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
     check()?;
 
     section("step 3.8: where the tunnel goes: the ipcache entry and the tunnel map");
-    let get = agent(&cluster, 0, &["bpf", "ipcache", "get", &server.ip.to_string()])?;
+    let get = agent(
+        &cluster,
+        0,
+        &["bpf", "ipcache", "get", &server.ip.to_string()],
+    )?;
     let node2 = cluster.node(1).addr.to_string();
     ensure!(
         get.contains(&format!("tunnelendpoint={node2}")),
@@ -202,7 +218,10 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
         "node-2's lxc map has no entry for httpbin"
     );
     show(
-        &format!("ip link show {}        # on node-2: nodemac is this lxc's", server.lxc),
+        &format!(
+            "ip link show {}        # on node-2: nodemac is this lxc's",
+            server.lxc
+        ),
         &mut in_ns(
             &cluster.node(1).sb.node_ns,
             "ip",
@@ -231,12 +250,21 @@ pub fn run(nodes: usize, hold: bool) -> anyhow::Result<()> {
     cluster.write_manifest_everywhere("web-slice.yaml", &endpoint_slice("web", &ips))?;
     let frontend = format!("{vip}:80/TCP");
     let programmed = lash_tests::sandbox::wait_for(std::time::Duration::from_secs(10), || {
-        (0..nodes).all(|i| {
-            cluster.node(i).sb.programmed_backends(&frontend).map(|b| b.len()) == Some(nodes)
-        })
-        .then_some(())
+        (0..nodes)
+            .all(|i| {
+                cluster
+                    .node(i)
+                    .sb
+                    .programmed_backends(&frontend)
+                    .map(|b| b.len())
+                    == Some(nodes)
+            })
+            .then_some(())
     });
-    ensure!(programmed.is_some(), "the Service was not programmed on every node");
+    ensure!(
+        programmed.is_some(),
+        "the Service was not programmed on every node"
+    );
     agent(&cluster, 0, &["service", "list"])?;
     let answers = cluster.probe(&client, "tcp", &format!("{vip}:80"), &["--count", "30"])?;
     let mut counts = std::collections::BTreeMap::new();

@@ -90,8 +90,8 @@ fn kernel(arm: &'static str, vxlan: bool) -> anyhow::Result<Pods> {
         let node = ns.add(&format!("n{i}"))?;
         let port = format!("n{i}");
         ip(&[
-            "-n", &underlay, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-            "netns", &node,
+            "-n", &underlay, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &node,
         ])?;
         ip(&["-n", &underlay, "link", "set", &port, "master", "br0", "up"])?;
         let addr = format!("{}/24", node_address(i));
@@ -121,11 +121,29 @@ fn kernel(arm: &'static str, vxlan: bool) -> anyhow::Result<Pods> {
         if vxlan {
             let gw = format!("10.244.{j}.0");
             ip(&[
-                "-n", node, "route", "add", &range, "via", &gw, "dev", FLANNEL_DEVICE, "onlink",
+                "-n",
+                node,
+                "route",
+                "add",
+                &range,
+                "via",
+                &gw,
+                "dev",
+                FLANNEL_DEVICE,
+                "onlink",
             ])?;
             ip(&[
-                "-n", node, "neigh", "add", &gw, "lladdr", &flannel_mac(j), "dev",
-                FLANNEL_DEVICE, "nud", "permanent",
+                "-n",
+                node,
+                "neigh",
+                "add",
+                &gw,
+                "lladdr",
+                &flannel_mac(j),
+                "dev",
+                FLANNEL_DEVICE,
+                "nud",
+                "permanent",
             ])?;
             super::probe::run_ok(std::process::Command::new("ip").args([
                 "netns",
@@ -144,7 +162,9 @@ fn kernel(arm: &'static str, vxlan: bool) -> anyhow::Result<Pods> {
             ]))?;
         } else {
             let via = node_address(j).to_string();
-            ip(&["-n", node, "route", "add", &range, "via", &via, "dev", "eth0"])?;
+            ip(&[
+                "-n", node, "route", "add", &range, "via", &via, "dev", "eth0",
+            ])?;
         }
     }
     let (client, server, server_ip) = (pods[0].0.clone(), pods[1].0.clone(), pods[1].1);
@@ -214,10 +234,21 @@ fn bridge_pod(node: &str, pod: &str, i: u8, addr: Ipv4Addr) -> anyhow::Result<()
         "mtu", &mtu, "netns", pod,
     ])?;
     ip(&["-n", node, "link", "set", &veth, "master", "cni0", "up"])?;
-    ip(&["-n", pod, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    ip(&[
+        "-n",
+        pod,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        "eth0",
+    ])?;
     ip(&["-n", pod, "link", "set", "eth0", "up"])?;
     let gw = format!("10.244.{i}.1");
-    ip(&["-n", pod, "route", "add", "default", "via", &gw, "dev", "eth0"]).map(drop)
+    ip(&[
+        "-n", pod, "route", "add", "default", "via", &gw, "dev", "eth0",
+    ])
+    .map(drop)
 }
 
 /// A two-node lash cluster with a pod on each node.

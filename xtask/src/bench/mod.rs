@@ -292,11 +292,11 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
             plan.rounds, plan.connects, plan.rr_millis
         ),
         "pod_net_method": format!(
-            "each arm in namespaces of its own; {} rounds, each arm once per round in rotating order; per sample one iperf3 TCP stream for {} s from pod 1 (CPU {CLIENT_CPU}) to pod 2 (servers on CPU {SERVER_CPU}), then qperf tcp_lat for {} s from pod 1 on CPU {CLIENT_CPU} and again on CPU {SERVER_CPU}; medians over samples",
+            "each arm in namespaces of its own; {} rounds, each arm once per round in rotating order; per sample two iperf3 TCP streams of {} s each (the machine's default congestion control, then cubic) from pod 1 (CPU {CLIENT_CPU}) to pod 2 (servers on CPU {SERVER_CPU}), then qperf tcp_lat for {} s from pod 1 on CPU {CLIENT_CPU} and again on CPU {SERVER_CPU}; medians over samples",
             pod_plan.rounds, pod_plan.iperf_secs, pod_plan.lat_secs
         ),
         "cross_node_method": format!(
-            "two nodes (namespaces) on an underlay bridge, a pod on each; the kernel baselines built by hand as flannel (VXLAN backend, cni0 bridge) and Calico without encapsulation (routes via the other node) program them, lash as a two-node cluster with an agent per node; {} rounds, each arm once per round in rotating order; per sample one iperf3 TCP stream for {} s from the pod on node 1 (CPU {CLIENT_CPU}) to the pod on node 2 (servers on CPU {SERVER_CPU}), then qperf tcp_lat for {} s from node 1's pod on CPU {CLIENT_CPU} and again on CPU {SERVER_CPU}; medians over samples",
+            "two nodes (namespaces) on an underlay bridge, a pod on each; the kernel baselines built by hand as flannel (VXLAN backend, cni0 bridge) and Calico without encapsulation (routes via the other node) program them, lash as a two-node cluster with an agent per node; {} rounds, each arm once per round in rotating order; per sample two iperf3 TCP streams of {} s each (the machine's default congestion control, then cubic) from the pod on node 1 (CPU {CLIENT_CPU}) to the pod on node 2 (servers on CPU {SERVER_CPU}), then qperf tcp_lat for {} s from node 1's pod on CPU {CLIENT_CPU} and again on CPU {SERVER_CPU}; medians over samples",
             pod_plan.rounds, pod_plan.iperf_secs, pod_plan.lat_secs
         ),
         "cni_method": format!(
