@@ -459,9 +459,8 @@ fn main() -> anyhow::Result<()> {
                     mesh::views_path(&cli.state_dir).display()
                 )
             })?;
-            let programs = (f.routing == Some(mesh::RoutingMode::Tunnel)).then(|| {
-                endpoints::links::attached(node::vxlan::VXLAN_DEVICE).unwrap_or_default()
-            });
+            let programs = (f.routing == Some(mesh::RoutingMode::Tunnel))
+                .then(|| endpoints::links::attached(node::vxlan::VXLAN_DEVICE).unwrap_or_default());
             match output {
                 Output::Table => print!("{}", cli::node_list::table(&f, programs.as_deref())),
                 Output::Json => print_json(&f.nodes)?,

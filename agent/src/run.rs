@@ -166,8 +166,9 @@ async fn start_endpoints(
 /// changed, makes them the host entries of `lxc` and `ipcache`: an address
 /// moved by the operator (or DHCP) stops being "host" to the programs and
 /// the new one starts, without a restart. Polling rather than address
-/// events keeps one code path for start and change; a few seconds of an old
-/// host entry only changes which identity a packet from it is given.
+/// events keeps one code path for start and change. Until the next poll an
+/// old address is still the host's to the programs (its identity, and no
+/// pod may claim it): harmless for two seconds, as nothing else holds it.
 async fn follow_host_addresses(
     endpoints: Arc<Mutex<Manager>>,
     mut known: Vec<Ipv4Addr>,

@@ -69,6 +69,9 @@ pub struct Ipv4CtTuple {
 pub const CT_F_RX_CLOSING: u16 = 1 << 0;
 pub const CT_F_TX_CLOSING: u16 = 1 << 1;
 pub const CT_F_LB_LOOPBACK: u16 = 1 << 3;
+pub const CT_F_SEEN_NON_SYN: u16 = 1 << 4;
+pub const CT_F_NODE_PORT: u16 = 1 << 5;
+pub const CT_F_FROM_TUNNEL: u16 = 1 << 10;
 
 /// The source a pod's packet is given when the service it reached picked
 /// the pod itself as backend ("hairpin"): a packet from and to the same
@@ -76,9 +79,6 @@ pub const CT_F_LB_LOOPBACK: u16 = 1 << 3;
 /// choice of link-local address, so captures read the same. As the address
 /// sits in a packet (network order in memory).
 pub const LB_LOOPBACK_V4: u32 = u32::from_ne_bytes([169, 254, 42, 1]);
-pub const CT_F_SEEN_NON_SYN: u16 = 1 << 4;
-pub const CT_F_NODE_PORT: u16 = 1 << 5;
-pub const CT_F_FROM_TUNNEL: u16 = 1 << 10;
 
 /// Value of the conntrack maps.
 #[repr(C)]

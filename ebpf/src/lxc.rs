@@ -31,7 +31,8 @@ use lash_common::{
     endpoint::{mac_from_u64, EndpointInfo, EndpointKey, ENDPOINT_F_HOST},
     tunnel::{ROUTING_NATIVE, ROUTING_TUNNEL},
     metrics::{
-        DROP_FRAG_NOSUPPORT, DROP_INVALID, DROP_INVALID_SIP, DROP_TTL_EXCEEDED, DROP_UNKNOWN_L3,
+        DROP_FRAG_NOSUPPORT, DROP_INVALID, DROP_INVALID_SIP, DROP_NO_SERVICE, DROP_TTL_EXCEEDED,
+        DROP_UNKNOWN_L3, DROP_UNROUTABLE,
         METRIC_EGRESS, METRIC_INGRESS, REASON_FORWARDED,
     },
 };
@@ -96,21 +97,34 @@ fn try_from_container(ctx: &TcContext, proto: u16) -> Result<i32, i32> {
             }
         }
     }
+    // The loopback address is only ever the far end of a hairpin flow: a
+    // packet to it that is not such a flow's reply (its entry expired, or
+    // the pod's server spoke first) has nowhere to go, and must not create
+    // an entry that would later take the flow's packets for replies.
+    let to_loopback = p.daddr == LB_LOOPBACK_V4;
     match conntrack::lookup(&p, true) {
         Ct::Reply(e) => {
             conntrack::refresh(e, &p, Dir::Reply, now);
             // SAFETY: a pointer into the map's value, from this lookup.
             let (index, flags) = unsafe { ((*e).rev_nat_index, (*e).flags) };
-            if index != 0 {
-                // The reply of a hairpin flow goes back to its sender.
-                let sender = p.saddr;
-                nat::xlate_to_frontend(ctx, &mut p, index)?;
-                if flags & CT_F_LB_LOOPBACK != 0 && p.daddr == LB_LOOPBACK_V4 {
-                    ipv4::set_addr(ctx, &mut p, End::Destination, sender)?;
-                    dst = Some(src);
+            if to_loopback {
+                if flags & CT_F_LB_LOOPBACK == 0 {
+                    return Err(DROP_UNROUTABLE as i32);
                 }
+                // The reply of a hairpin flow goes back to its sender, from
+                // the frontend; without the frontend it would reach the pod
+                // from its own address, which the pod drops anyway.
+                let sender = p.saddr;
+                if !nat::xlate_to_frontend(ctx, &mut p, index)? {
+                    return Err(DROP_NO_SERVICE as i32);
+                }
+                ipv4::set_addr(ctx, &mut p, End::Destination, sender)?;
+                dst = Some(src);
+            } else if index != 0 {
+                nat::xlate_to_frontend(ctx, &mut p, index)?;
             }
         }
+        Ct::Established(_) | Ct::New if to_loopback => return Err(DROP_UNROUTABLE as i32),
         Ct::Established(e) => conntrack::refresh(e, &p, Dir::Forward, now),
         Ct::New => {
             let key = conntrack::tuple(&p, TUPLE_F_OUT);

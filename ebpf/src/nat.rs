@@ -76,17 +76,19 @@ pub fn xlate_to_backend(
 }
 
 /// Rewrites the source of a reply back to the frontend of the service with
-/// `rev_nat_index`. A frontend gone since leaves the packet as it is.
+/// `rev_nat_index`; false when that frontend is gone since, leaving the
+/// packet as it is.
 #[inline(always)]
 pub fn xlate_to_frontend(
     ctx: &aya_ebpf::programs::TcContext,
     p: &mut Packet,
     rev_nat_index: u16,
-) -> Result<(), i32> {
+) -> Result<bool, i32> {
     // SAFETY: the value is copied out at once.
     let Some(fe) = (unsafe { LB4_REVERSE_NAT.get(&rev_nat_index) }).copied() else {
-        return Ok(());
+        return Ok(false);
     };
     ipv4::set_addr(ctx, p, End::Source, fe.address)?;
-    ipv4::set_port(ctx, p, End::Source, fe.port)
+    ipv4::set_port(ctx, p, End::Source, fe.port)?;
+    Ok(true)
 }

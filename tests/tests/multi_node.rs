@@ -8,7 +8,8 @@
 //!   themselves (native);
 //! - a ClusterIP Service with a backend on each node is reached from a pod on
 //!   every node (the per-packet path) and from every node's own namespace
-//!   (socket LB), and every backend is used, in both modes;
+//!   (socket LB), and every backend is used, in both modes; a pod that is
+//!   the backend it reaches (hairpin) gets its answers from the VIP;
 //! - a node removed (and brought back), a node moving to another address, a
 //!   node's agent restarted: the others keep working and converge, with
 //!   nothing stale in node list, tunnel map, ipcache or routes;
@@ -332,6 +333,95 @@ fn tunnel_service_backends_on_every_node() {
 #[test]
 fn native_service_backends_on_every_node() {
     service_across_nodes("mn-nat-svc", RoutingMode::Native);
+}
+
+/// A pod that is the only backend of the Service it reaches (the
+/// per-packet path, "hairpin"): every answer is its own and comes back from
+/// the VIP; conntrack shows the flow from 169.254.42.1, flagged LBLoopback;
+/// and a packet to 169.254.42.1 that belongs to no such flow is dropped as
+/// unroutable rather than sent anywhere.
+#[test]
+fn hairpin_through_a_service() {
+    let mut c = Cluster::new("mn-hairpin", 1, RoutingMode::Tunnel)
+        .unwrap_or_else(|e| panic!("cluster: {e:#}"));
+    let p1 = c.add_pod(0, "p1").expect("pod");
+    c.serve(&p1).expect("pod server");
+    c.write_manifest_everywhere("svc.yaml", &manifests::service("self", VIP))
+        .expect("service");
+    c.write_manifest_everywhere(
+        "slice.yaml",
+        &manifests::endpoint_slice("self", &[(p1.ip, Cond::Ready)]),
+    )
+    .expect("slice");
+    let want: BTreeSet<String> = [p1.ip.to_string()].into();
+    let sb = &c.node(0).sb;
+    assert!(
+        lash_tests::sandbox::wait_for(CONVERGE, || {
+            sb.programmed_backends(&format!("{VIP}:80/TCP"))
+                .filter(|b| *b == want)
+        })
+        .is_some(),
+        "backend not programmed\n{}",
+        c.agent_logs()
+    );
+    for (mode, addr) in [
+        ("tcp", format!("{VIP}:80")),
+        ("udp-connected", format!("{VIP}:53")),
+    ] {
+        let lines = c.probe(&p1, mode, &addr, &["--count", "5"]).expect("probe");
+        assert_eq!(
+            answered(&lines, &format!("{mode} from p1 to itself")),
+            ["p1".to_string()].into(),
+            "{mode}: {lines:?}\n{}",
+            c.agent_logs()
+        );
+        for l in &lines {
+            assert_eq!(
+                l["peer"],
+                addr.as_str(),
+                "{mode}: the reply not from the VIP"
+            );
+        }
+    }
+    let ct = c
+        .agent_json(0, &["bpf", "ct", "list", "global"])
+        .expect("ct list");
+    let hairpin: Vec<&Value> = ct
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["dir"] == "OUT")
+        .filter(|r| {
+            r["src"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("169.254.42.1:"))
+        })
+        .collect();
+    assert!(
+        hairpin.iter().any(|r| r["proto"] == "TCP")
+            && hairpin.iter().any(|r| r["proto"] == "UDP")
+            && hairpin.iter().all(|r| r["dst"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&format!("{}:", p1.ip)))
+                && r["flag_names"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|n| n == "LBLoopback"))),
+        "hairpin flows in conntrack: {hairpin:#?}\nall: {ct:#}"
+    );
+    // The loopback address outside a hairpin flow: dropped, counted.
+    let before = c.drops(0).expect("drops");
+    let ping = c
+        .ping(&p1, Ipv4Addr::new(169, 254, 42, 1), 2, &[])
+        .expect("ping");
+    assert_eq!(ping.received, 0, "{}", ping.output);
+    let after = c.drops(0).expect("drops");
+    let unroutable = |d: &std::collections::BTreeMap<(u64, String), u64>| {
+        d.get(&(151, "EGRESS".to_string())).copied().unwrap_or(0)
+    };
+    assert!(
+        unroutable(&after) >= unroutable(&before) + 2,
+        "pings to 169.254.42.1 not dropped as unroutable: {before:?} -> {after:?}"
+    );
 }
 
 fn node_removed_and_back(tag: &str, mode: RoutingMode) {

@@ -65,8 +65,10 @@ fn references(arm: &str) -> Vec<(&'static str, &'static str)> {
     vec![(matching, "kernel"), ("xnode-routes", "routes")]
 }
 
+/// Node `i`'s (from 1) underlay address: the tests' cluster's scheme, so
+/// the lash arms and the kernel ones are addressed alike.
 fn node_address(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 168, 50, 10 + i)
+    lash_tests::cluster::node_address(usize::from(i) - 1)
 }
 
 fn build(arm: &'static str) -> anyhow::Result<Pods> {
@@ -282,13 +284,9 @@ pub fn check_shape(pods: &Pods) -> anyhow::Result<()> {
                 "xnode-flannel: node 1's {FLANNEL_DEVICE} sent (almost) nothing"
             );
         }
+        // The gateway answered by proxy ARP, as on a Calico node.
         "xnode-routes" => {
-            let neigh = ip(&["-n", &pods.client, "neigh", "show", "dev", "eth0"])?;
-            let want = format!("{CALICO_GW} lladdr {CALICO_MAC}");
-            ensure!(
-                neigh.contains(&want),
-                "xnode-routes: pod 1 did not reach its gateway by proxy ARP: {neigh}"
-            );
+            pod_net::check_neighbour(pods, &format!("{CALICO_GW} lladdr {CALICO_MAC}"))?
         }
         "xnode-lash-tunnel" => {
             let c = pods.cluster.as_ref().expect("a lash arm has its cluster");

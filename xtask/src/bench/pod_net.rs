@@ -339,7 +339,6 @@ fn check_shape(pods: &Pods) -> anyhow::Result<()> {
     if pods.arm.starts_with("xnode-") {
         return super::cross_node::check_shape(pods);
     }
-    let neigh = ip(&["-n", &pods.client, "neigh", "show", "dev", "eth0"])?;
     let want = match pods.arm {
         "pod-calico" => format!("{CALICO_GW} lladdr {CALICO_MAC}"),
         "pod-veth" => format!("{} lladdr", pods.server_ip),
@@ -352,8 +351,15 @@ fn check_shape(pods: &Pods) -> anyhow::Result<()> {
         }
         _ => return Ok(()),
     };
+    check_neighbour(pods, &want)
+}
+
+/// Pod 1 reached its next hop through the neighbour entry `want` (an
+/// address and the MAC the arm's wiring gives it).
+pub(super) fn check_neighbour(pods: &Pods, want: &str) -> anyhow::Result<()> {
+    let neigh = ip(&["-n", &pods.client, "neigh", "show", "dev", "eth0"])?;
     ensure!(
-        neigh.contains(&want),
+        neigh.contains(want),
         "{}: pod 1's neighbours are not as the arm is built ({want:?} missing): {neigh}",
         pods.arm
     );
