@@ -456,19 +456,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let api_task = tokio::spawn(async move { cni_api::serve(api, &socket, api_stop_rx).await });
 
     let ct_gc = tokio::spawn(sweep_conntrack(cfg.bpf_root.clone(), cfg.ct_gc_interval));
-    let host_follow = tokio::spawn(follow_host_addresses(
-        endpoints.clone(),
-        host_addresses,
-        HOST_ADDRESS_POLL,
-    ));
 
-    // After the host device is up, so its gateway address is one of them.
-    // Read once: an address added later needs a restart to open node ports.
+    // The addresses start_endpoints read after the host device was up, so
+    // its gateway address is one of them. Node ports and the mesh take them
+    // once: an address added later needs a restart to open node ports (only
+    // the host entries follow, below).
     let node_ctx = NodeContext {
         name: cfg.node_name.clone(),
         zone: cfg.zone.clone(),
         node_port_addresses: node::node_ports::node_port_addresses(
-            &node::ipv4_addresses().await?,
+            &host_addresses,
             &cfg.nodeport_cidrs,
         ),
     };
@@ -486,12 +483,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         node_name: cfg.node_name.clone(),
         own_cidr: pod_cidr.map(|c| (c.network(), c.prefix())),
         own_gateway: pod_cidr.map(|c| c.gateway()),
-        own_addresses: node::ipv4_addresses().await?,
+        own_addresses: host_addresses.clone(),
         tunnel_ifindex,
         bpf_root: cfg.bpf_root.clone(),
         state_dir: cfg.state_dir.clone(),
     })?;
     let mesh_task = tokio::spawn(mesh.run(nodes_rx, tunnel_mtu));
+    let host_follow = tokio::spawn(follow_host_addresses(
+        endpoints.clone(),
+        host_addresses,
+        HOST_ADDRESS_POLL,
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let source = match &cfg.source {

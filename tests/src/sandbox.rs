@@ -62,6 +62,15 @@ pub fn bin(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// Packets device `dev` in namespace `ns` has sent (its tx counter).
+pub fn tx_packets(ns: &str, dev: &str) -> anyhow::Result<u64> {
+    let out = ip(&["-n", ns, "-s", "-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .with_context(|| format!("no tx counter for {dev} in {ns}: {out}"))
+}
+
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -502,11 +511,7 @@ impl Sandbox {
 
     /// IPv4 packets the node sent towards the service range untranslated.
     pub fn sink_tx_packets(&self) -> anyhow::Result<u64> {
-        let out = ip(&["-n", &self.node_ns, "-s", "-j", "link", "show", "sink0"])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        v[0]["stats64"]["tx"]["packets"]
-            .as_u64()
-            .context("no tx counter for sink0")
+        tx_packets(&self.node_ns, "sink0")
     }
 
     /// A probe command inside the node namespace and the client cgroup.

@@ -27,7 +27,10 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{ensure, Context as _};
-use lash_tests::cluster::{Cluster, RoutingMode, TUNNEL_DEVICE};
+use lash_tests::{
+    cluster::{Cluster, RoutingMode, TUNNEL_DEVICE},
+    sandbox::tx_packets,
+};
 use serde_json::Value;
 
 use super::namespaces::{ip, sysctl, Namespaces};
@@ -317,13 +320,4 @@ pub fn check_shape(pods: &Pods) -> anyhow::Result<()> {
 /// Node `i`'s namespace in a kernel arm (made as `PREFIX-n{i}`).
 fn node_ns_of_kernel_arm(pods: &Pods, i: u8) -> String {
     format!("{}-n{i}", pods.ns.prefix)
-}
-
-/// Packets `dev` in namespace `ns` has sent.
-fn tx_packets(ns: &str, dev: &str) -> anyhow::Result<u64> {
-    let out = ip(&["-n", ns, "-s", "-j", "link", "show", "dev", dev])?;
-    let v: Value = serde_json::from_str(&out).context("ip -j link")?;
-    v[0]["stats64"]["tx"]["packets"]
-        .as_u64()
-        .with_context(|| format!("no tx packets for {dev} in {ns}: {out}"))
 }

@@ -130,6 +130,11 @@ fn all_arm_names() -> Vec<&'static str> {
     names
 }
 
+/// The arms of one bench (`all`) that the run chose, in that bench's order.
+fn of_chosen(all: &[&'static str], chosen: &[&'static str]) -> Vec<&'static str> {
+    all.iter().copied().filter(|a| chosen.contains(a)).collect()
+}
+
 /// One arm at one size: its own sandbox, programmed, with its samples.
 struct Node {
     arm: Arm,
@@ -188,14 +193,8 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         .into_iter()
         .filter(|a| chosen.contains(&a.name()))
         .collect();
-    let pod_arms: Vec<&'static str> = pod_net::ARMS
-        .into_iter()
-        .filter(|a| chosen.contains(a))
-        .collect();
-    let cni_arms: Vec<&'static str> = cni_latency::ARMS
-        .into_iter()
-        .filter(|a| chosen.contains(a))
-        .collect();
+    let pod_arms = of_chosen(&pod_net::ARMS, &chosen);
+    let cni_arms = of_chosen(&cni_latency::ARMS, &chosen);
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -215,10 +214,7 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         eprintln!("bench: the agent on the Kubernetes API (k8s-watch)");
         results.kube_watch = kube_watch::run(&kube_plan)?;
     }
-    let cip_arms: Vec<&'static str> = clusterip::ARMS
-        .into_iter()
-        .filter(|a| chosen.contains(a))
-        .collect();
+    let cip_arms = of_chosen(&clusterip::ARMS, &chosen);
     if !cip_arms.is_empty() {
         eprintln!("bench: ClusterIP from a pod (packet path)");
         results.clusterip = clusterip::run(&plan, &cip_arms)?;
@@ -240,10 +236,7 @@ pub fn run(quick: bool, sizes: Vec<u32>, arms: Vec<String>) -> anyhow::Result<()
         eprintln!("bench: pod to pod");
         results.pod_net = pod_net::run(&pod_plan, &pod_arms)?;
     }
-    let xnode_arms: Vec<&'static str> = cross_node::ARMS
-        .into_iter()
-        .filter(|a| chosen.contains(a))
-        .collect();
+    let xnode_arms = of_chosen(&cross_node::ARMS, &chosen);
     if !xnode_arms.is_empty() {
         eprintln!("bench: pod to pod across nodes");
         results.cross_node = cross_node::run(&pod_plan, &xnode_arms)?;
